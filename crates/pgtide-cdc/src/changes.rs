@@ -1,0 +1,369 @@
+//! One decoded change → its events. Pure functions over a resolved relation,
+//! so the rules of SPEC §3 (default topics, row images, `meta`) are unit-tested
+//! without a database.
+
+use std::collections::BTreeMap;
+
+use pgtide_core::{EventSource, NewEvent, format_ts};
+use pgtide_pg::Lsn;
+use pgtide_pg::pgoutput::{LogicalMessage, OldTuple, Tuple, TupleValue};
+use pgtide_pg::replication::PG_EPOCH_OFFSET_MICROS;
+use pgtide_pg::value::text_to_json;
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::relations::RelationInfo;
+
+/// The logical message prefix `pgtide.publish()` uses.
+pub const PUBLISH_PREFIX: &str = "pgtide.publish";
+/// The prefix of the non-transactional messages that keep an idle slot moving.
+pub const HEARTBEAT_PREFIX: &str = "pgtide.heartbeat";
+
+/// The transaction a change belongs to.
+#[derive(Debug, Clone)]
+pub struct TxContext {
+    pub xid: u32,
+    pub commit_lsn: Lsn,
+    pub commit_ts: OffsetDateTime,
+}
+
+impl TxContext {
+    /// From the fields of a Begin message (commit time in µs since 2000-01-01).
+    pub fn new(xid: u32, commit_lsn: Lsn, commit_ts_pg_micros: i64) -> TxContext {
+        let unix_nanos = i128::from(commit_ts_pg_micros + PG_EPOCH_OFFSET_MICROS) * 1000;
+        let commit_ts = OffsetDateTime::from_unix_timestamp_nanos(unix_nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        TxContext { xid, commit_lsn, commit_ts }
+    }
+}
+
+/// A row change, in the words of `meta.op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+
+    /// The default event type.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Op::Insert => "row.inserted",
+            Op::Update => "row.updated",
+            Op::Delete => "row.deleted",
+            Op::Truncate => "table.truncated",
+        }
+    }
+}
+
+/// A row as JSON plus the columns left out because Postgres did not send them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowImage {
+    pub row: Map<String, Value>,
+    pub unchanged: Vec<String>,
+}
+
+/// Builds a row image. Unchanged TOAST values come from `old` when Postgres
+/// sent a full old row, else they are left out and named in `unchanged`.
+/// With `key_only`, only the replica identity's columns are kept (the old row
+/// of a delete under `REPLICA IDENTITY DEFAULT`).
+pub fn row_image(rel: &RelationInfo, tuple: &Tuple, old: Option<&Tuple>, key_only: bool) -> RowImage {
+    let mut image = RowImage::default();
+    for (i, (column, value)) in rel.columns.iter().zip(&tuple.0).enumerate() {
+        if key_only && !column.is_key {
+            continue;
+        }
+        let json = match value {
+            TupleValue::Null => Value::Null,
+            TupleValue::Text(bytes) | TupleValue::Binary(bytes) => convert(rel, &column.name, &column.kind, bytes),
+            TupleValue::UnchangedToast => match old.and_then(|o| o.0.get(i)) {
+                Some(TupleValue::Text(bytes)) => convert(rel, &column.name, &column.kind, bytes),
+                Some(TupleValue::Null) => Value::Null,
+                _ => {
+                    image.unchanged.push(column.name.clone());
+                    continue;
+                }
+            },
+        };
+        image.row.insert(column.name.clone(), json);
+    }
+    image
+}
+
+fn convert(rel: &RelationInfo, column: &str, kind: &pgtide_pg::value::ValueKind, bytes: &[u8]) -> Value {
+    match text_to_json(kind, bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(table = %rel.qualified_name(), column, error = %e, "value kept as text");
+            Value::String(String::from_utf8_lossy(bytes).into_owned())
+        }
+    }
+}
+
+/// `tables.<table>` (schema `public` omitted, else `tables.<schema>_<table>`),
+/// with characters a topic segment cannot hold replaced by `_`.
+pub fn default_topic_prefix(rel: &RelationInfo) -> String {
+    let segment = if rel.schema == "public" {
+        rel.name.clone()
+    } else {
+        format!("{}_{}", rel.schema, rel.name)
+    };
+    let clean: String = segment
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .collect();
+    format!("tables.{clean}")
+}
+
+fn cdc_meta(rel: &RelationInfo, tx: &TxContext, op: Op) -> Map<String, Value> {
+    let mut meta = Map::new();
+    meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
+    meta.insert("xid".into(), json!(tx.xid));
+    meta.insert("table".into(), Value::String(rel.qualified_name()));
+    meta.insert("op".into(), Value::String(op.as_str().into()));
+    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
+    meta
+}
+
+fn cdc_event(rel: &RelationInfo, tx: &TxContext, op: Op, data: Value, meta: Map<String, Value>) -> NewEvent {
+    let mut event = NewEvent::new(
+        format!("{}.{}", default_topic_prefix(rel), op.as_str()),
+        op.event_type(),
+        EventSource::Cdc,
+        data,
+    );
+    event.ts = tx.commit_ts;
+    event.meta = meta;
+    event
+}
+
+/// The default-topic event of an insert.
+pub fn insert_event(rel: &RelationInfo, tx: &TxContext, new: &Tuple) -> NewEvent {
+    let image = row_image(rel, new, None, false);
+    let mut meta = cdc_meta(rel, tx, Op::Insert);
+    add_unchanged(&mut meta, image.unchanged);
+    cdc_event(rel, tx, Op::Insert, Value::Object(image.row), meta)
+}
+
+/// The default-topic event of an update: the new row, the old one in `meta.old`
+/// when Postgres sent it.
+pub fn update_event(rel: &RelationInfo, tx: &TxContext, old: Option<&OldTuple>, new: &Tuple) -> NewEvent {
+    let full_old = match old {
+        Some(OldTuple::Full(t)) => Some(t),
+        _ => None,
+    };
+    let image = row_image(rel, new, full_old, false);
+    let mut meta = cdc_meta(rel, tx, Op::Update);
+    match old {
+        Some(OldTuple::Full(t)) => {
+            meta.insert("old".into(), Value::Object(row_image(rel, t, None, false).row));
+        }
+        Some(OldTuple::Key(t)) => {
+            meta.insert("old".into(), Value::Object(row_image(rel, t, None, true).row));
+        }
+        None => {}
+    }
+    add_unchanged(&mut meta, image.unchanged);
+    cdc_event(rel, tx, Op::Update, Value::Object(image.row), meta)
+}
+
+/// The default-topic event of a delete: the old row (key columns only unless
+/// `REPLICA IDENTITY FULL`).
+pub fn delete_event(rel: &RelationInfo, tx: &TxContext, old: &OldTuple) -> NewEvent {
+    let image = match old {
+        OldTuple::Full(t) => row_image(rel, t, None, false),
+        OldTuple::Key(t) => row_image(rel, t, None, true),
+    };
+    let mut meta = cdc_meta(rel, tx, Op::Delete);
+    add_unchanged(&mut meta, image.unchanged);
+    cdc_event(rel, tx, Op::Delete, Value::Object(image.row), meta)
+}
+
+/// The default-topic event of a truncate of one table.
+pub fn truncate_event(rel: &RelationInfo, tx: &TxContext, cascade: bool, restart_identity: bool) -> NewEvent {
+    let data = json!({
+        "table": rel.qualified_name(),
+        "cascade": cascade,
+        "restart_identity": restart_identity,
+    });
+    cdc_event(rel, tx, Op::Truncate, data, cdc_meta(rel, tx, Op::Truncate))
+}
+
+/// `schema.changed` on `tables.<table>.schema`: the new column set and the previous one.
+pub fn schema_changed_event(rel: &RelationInfo, tx: &TxContext, previous: &Value) -> NewEvent {
+    let data = json!({
+        "table": rel.qualified_name(),
+        "columns": rel.columns_json(),
+        "previous_columns": previous,
+    });
+    let mut event = NewEvent::new(
+        format!("{}.schema", default_topic_prefix(rel)),
+        "schema.changed",
+        EventSource::Cdc,
+        data,
+    );
+    event.ts = tx.commit_ts;
+    let mut meta = Map::new();
+    meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
+    meta.insert("xid".into(), json!(tx.xid));
+    meta.insert("table".into(), Value::String(rel.qualified_name()));
+    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
+    event.meta = meta;
+    event
+}
+
+fn add_unchanged(meta: &mut Map<String, Value>, unchanged: Vec<String>) {
+    if !unchanged.is_empty() {
+        meta.insert(
+            "unchanged_columns".into(),
+            Value::Array(unchanged.into_iter().map(Value::String).collect()),
+        );
+    }
+}
+
+/// The body `pgtide.publish()` writes into its logical message.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishMessage {
+    topic: String,
+    data: Value,
+    #[serde(default)]
+    attributes: Map<String, Value>,
+    event_type: Option<String>,
+}
+
+/// The event a committed `pgtide.publish()` call stands for.
+pub fn publish_event(msg: &LogicalMessage, tx: &TxContext) -> Result<NewEvent, String> {
+    let body: PublishMessage = serde_json::from_slice(&msg.content)
+        .map_err(|e| format!("pgtide.publish message at {} is not valid: {e}", msg.lsn))?;
+    let topic = pgtide_core::Topic::parse(&body.topic).map_err(|e| format!("pgtide.publish: {e}"))?;
+    let event_type = body.event_type.unwrap_or_else(|| topic.as_str().to_owned());
+    let mut event = NewEvent::new(topic.into_string(), event_type, EventSource::Sql, body.data);
+    event.ts = tx.commit_ts;
+    event.attributes = body
+        .attributes
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::String(s) => (k, s),
+            other => (k, other.to_string()),
+        })
+        .collect::<BTreeMap<_, _>>();
+    let mut meta = Map::new();
+    meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
+    meta.insert("xid".into(), json!(tx.xid));
+    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
+    event.meta = meta;
+    Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::relations::Column;
+    use bytes::Bytes;
+    use pgtide_pg::pgoutput::ReplicaIdentity;
+    use pgtide_pg::value::ValueKind;
+
+    fn rel(schema: &str) -> RelationInfo {
+        RelationInfo {
+            id: 1,
+            schema: schema.into(),
+            name: "orders".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![
+                Column { name: "id".into(), type_oid: 23, is_key: true, kind: ValueKind::Int },
+                Column { name: "note".into(), type_oid: 25, is_key: false, kind: ValueKind::Text },
+                Column { name: "total".into(), type_oid: 1700, is_key: false, kind: ValueKind::Numeric },
+            ],
+        }
+    }
+
+    fn text(s: &str) -> TupleValue {
+        TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn tx() -> TxContext {
+        TxContext::new(42, Lsn(0x16_B374_D848), 0)
+    }
+
+    #[test]
+    fn insert_uses_default_topic_and_meta() {
+        let e = insert_event(&rel("public"), &tx(), &Tuple(vec![text("7"), TupleValue::Null, text("1.50")]));
+        assert_eq!(e.topic, "tables.orders.insert");
+        assert_eq!(e.event_type, "row.inserted");
+        assert_eq!(e.data, json!({"id": 7, "note": null, "total": "1.50"}));
+        assert_eq!(e.meta["lsn"], "16/B374D848");
+        assert_eq!(e.meta["xid"], 42);
+        assert_eq!(e.meta["table"], "public.orders");
+        assert_eq!(e.meta["op"], "insert");
+        assert_eq!(e.meta["commit_ts"], "2000-01-01T00:00:00.000Z");
+        assert_eq!(e.source, EventSource::Cdc);
+    }
+
+    #[test]
+    fn other_schemas_prefix_the_table() {
+        let e = insert_event(&rel("audit"), &tx(), &Tuple(vec![text("1"), text("x"), text("2")]));
+        assert_eq!(e.topic, "tables.audit_orders.insert");
+    }
+
+    #[test]
+    fn unchanged_toast_is_left_out_and_named_or_taken_from_old() {
+        let new = Tuple(vec![text("7"), TupleValue::UnchangedToast, text("2")]);
+        let e = update_event(&rel("public"), &tx(), None, &new);
+        assert_eq!(e.data, json!({"id": 7, "total": "2"}));
+        assert_eq!(e.meta["unchanged_columns"], json!(["note"]));
+        let old = OldTuple::Full(Tuple(vec![text("7"), text("long"), text("1")]));
+        let e = update_event(&rel("public"), &tx(), Some(&old), &new);
+        assert_eq!(e.data, json!({"id": 7, "note": "long", "total": "2"}));
+        assert!(!e.meta.contains_key("unchanged_columns"));
+        assert_eq!(e.meta["old"], json!({"id": 7, "note": "long", "total": "1"}));
+    }
+
+    #[test]
+    fn delete_under_default_identity_keeps_only_keys() {
+        let old = OldTuple::Key(Tuple(vec![text("7"), TupleValue::Null, TupleValue::Null]));
+        let e = delete_event(&rel("public"), &tx(), &old);
+        assert_eq!(e.topic, "tables.orders.delete");
+        assert_eq!(e.event_type, "row.deleted");
+        assert_eq!(e.data, json!({"id": 7}));
+    }
+
+    #[test]
+    fn truncate_and_schema_change_events() {
+        let e = truncate_event(&rel("public"), &tx(), true, false);
+        assert_eq!((e.topic.as_str(), e.event_type.as_str()), ("tables.orders.truncate", "table.truncated"));
+        assert_eq!(e.data["cascade"], true);
+        let e = schema_changed_event(&rel("public"), &tx(), &json!([]));
+        assert_eq!((e.topic.as_str(), e.event_type.as_str()), ("tables.orders.schema", "schema.changed"));
+        assert_eq!(e.data["columns"][2]["name"], "total");
+    }
+
+    #[test]
+    fn publish_messages_become_sql_events() {
+        let msg = LogicalMessage {
+            xid: None,
+            transactional: true,
+            lsn: Lsn(1),
+            prefix: PUBLISH_PREFIX.into(),
+            content: Bytes::from_static(br#"{"topic":"orders.created","data":{"n":1},"attributes":{"a":"b","n":2},"event_type":null}"#),
+        };
+        let e = publish_event(&msg, &tx()).unwrap();
+        assert_eq!(e.topic, "orders.created");
+        assert_eq!(e.event_type, "orders.created");
+        assert_eq!(e.source, EventSource::Sql);
+        assert_eq!(e.attributes["a"], "b");
+        assert_eq!(e.attributes["n"], "2");
+        let bad = LogicalMessage { content: Bytes::from_static(br#"{"topic":"a..b","data":1}"#), ..msg };
+        assert!(publish_event(&bad, &tx()).unwrap_err().contains("empty segment"));
+    }
+}

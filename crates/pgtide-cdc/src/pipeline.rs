@@ -1,0 +1,406 @@
+//! The apply loop. A reader task streams from the slot, decodes, turns changes
+//! into events and cuts batches; a writer task stores each batch in one
+//! transaction and only then reports the batch's end LSN, which the reader
+//! passes on to Postgres as the slot's confirmed position.
+//!
+//! Batches follow the load: the reader hands a batch over as soon as the
+//! socket has nothing more ready (low latency when quiet) and keeps filling it
+//! while the writer is busy (large, cheap transactions under load).
+//!
+//! Every change has a key (commit LSN of its transaction, position in it),
+//! stored with the events as [`CdcProgress`]; after a crash, Postgres resends
+//! from the confirmed position and whatever the key says is stored is skipped.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgtide_core::NewEvent;
+use pgtide_pg::pgoutput::{self, PgOutput};
+use pgtide_pg::replication::{ReplicationConnection, ReplicationMessage};
+use pgtide_pg::{Lsn, PgConfig};
+use pgtide_store::{CdcProgress, KnownRelation, Store, StoreClient, progress};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::changes::{self, HEARTBEAT_PREFIX, PUBLISH_PREFIX, TxContext};
+use crate::relations::{RelationInfo, TypeCache};
+use crate::setup::{SlotStatus, slot_status};
+use crate::{CdcError, Result};
+
+/// What the pipeline streams and how.
+#[derive(Debug, Clone)]
+pub struct CdcConfig {
+    pub source: PgConfig,
+    pub slot: String,
+    pub publication: String,
+    /// Events per store transaction before the reader hands a batch over
+    /// even if more input is ready.
+    pub max_batch: usize,
+    /// How often to emit a heartbeat message and refresh the slot status.
+    pub heartbeat: Duration,
+}
+
+/// The pipeline's health, for `/readyz` and logs.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CdcStatus {
+    pub streaming: bool,
+    pub confirmed_lsn: Option<String>,
+    pub events_stored: u64,
+    pub last_error: Option<String>,
+    pub slot: Option<SlotStatus>,
+}
+
+/// Streams until `shutdown`, reconnecting after failures that may pass (a
+/// Postgres restart, a cut connection, a store outage). Returns an error only
+/// for failures that retrying cannot fix.
+pub async fn run(config: CdcConfig, store: Store, status: watch::Sender<CdcStatus>, shutdown: CancellationToken) -> Result<()> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        match run_once(&config, &store, &status, &shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "replication interrupted; resuming");
+                status.send_modify(|s| {
+                    s.streaming = false;
+                    s.last_error = Some(e.to_string());
+                });
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                status.send_modify(|s| {
+                    s.streaming = false;
+                    s.last_error = Some(e.to_string());
+                });
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// A batch on its way to the writer.
+#[derive(Default)]
+struct Batch {
+    events: Vec<NewEvent>,
+    relations: Vec<KnownRelation>,
+    progress: Option<CdcProgress>,
+    /// The end LSN of the last complete transaction in the batch: the slot may
+    /// be confirmed up to here once the batch is stored.
+    ack: Option<Lsn>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.relations.is_empty() && self.ack.is_none()
+    }
+}
+
+/// The transaction being received.
+struct OpenTx {
+    ctx: TxContext,
+    pos: i32,
+}
+
+struct Reader<'a> {
+    config: &'a CdcConfig,
+    source: tokio_postgres::Client,
+    types: TypeCache,
+    relations: HashMap<u32, RelationInfo>,
+    known: HashMap<u32, Value>,
+    stored: Option<CdcProgress>,
+    tx: Option<OpenTx>,
+    pending: Batch,
+}
+
+async fn run_once(
+    config: &CdcConfig,
+    store: &Store,
+    status: &watch::Sender<CdcStatus>,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let source = config.source.connect().await?;
+    let writer_client = store.client().await?;
+    let stored = progress::load(&**writer_client, &config.slot).await?;
+    let known = progress::load_relations(&**writer_client, &config.slot)
+        .await?
+        .into_iter()
+        .map(|r| (r.relid, r.columns))
+        .collect();
+    let conn = ReplicationConnection::connect(&config.source).await?;
+    let mut stream = conn.start_logical(&config.slot, Lsn::ZERO, &config.publication).await?;
+    tracing::info!(slot = %config.slot, resume_after = ?stored.as_ref().map(|p| p.commit_lsn.to_string()), "replication streaming");
+    status.send_modify(|s| {
+        s.streaming = true;
+        s.last_error = None;
+    });
+
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(2);
+    let (flushed_tx, mut flushed_rx) = watch::channel(Lsn::ZERO);
+    let mut writer = tokio::spawn(write_batches(store.clone(), config.slot.clone(), writer_client, batch_rx, flushed_tx, status.clone()));
+
+    let mut reader = Reader {
+        config,
+        source,
+        types: TypeCache::default(),
+        relations: HashMap::new(),
+        known,
+        stored,
+        tx: None,
+        pending: Batch::default(),
+    };
+    let mut heartbeat = tokio::time::interval(config.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut confirmed = Lsn::ZERO;
+    let max_batch = config.max_batch.max(1);
+
+    let result: Result<()> = loop {
+        let full = reader.pending.events.len() >= max_batch;
+        let ready_to_send = !reader.pending.is_empty() && (full || !stream.has_ready_message());
+        let may_read = reader.pending.events.len() < max_batch * 4;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            joined = &mut writer => {
+                break Err(match joined {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => CdcError::Setup("store writer stopped".into()),
+                    Err(e) => CdcError::Setup(format!("store writer panicked: {e}")),
+                });
+            }
+            permit = batch_tx.reserve(), if ready_to_send => {
+                match permit {
+                    Ok(permit) => permit.send(std::mem::take(&mut reader.pending)),
+                    Err(_) => break Err(CdcError::Setup("store writer stopped".into())),
+                }
+            }
+            changed = flushed_rx.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let flushed = *flushed_rx.borrow_and_update();
+                if flushed > confirmed {
+                    confirmed = flushed;
+                    if let Err(e) = stream.send_status(confirmed, false).await {
+                        break Err(e.into());
+                    }
+                    status.send_modify(|s| s.confirmed_lsn = Some(confirmed.to_string()));
+                }
+            }
+            message = stream.next(), if may_read => {
+                let outcome = match message {
+                    Ok(ReplicationMessage::XLogData { data, .. }) => reader.handle(data).await,
+                    Ok(ReplicationMessage::Keepalive { wal_end, reply_requested }) => {
+                        reader.idle_ack(wal_end);
+                        if reply_requested {
+                            stream.send_status(confirmed, false).await.map_err(CdcError::from)
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = outcome {
+                    break Err(e);
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(e) = reader.heartbeat(status).await {
+                    break Err(e);
+                }
+                if let Err(e) = stream.send_status(confirmed, false).await {
+                    break Err(e.into());
+                }
+            }
+        }
+    };
+
+    // Drain: let the writer store what it has, then confirm it.
+    drop(batch_tx);
+    if result.is_ok() {
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(30), &mut writer)
+            .await
+            .unwrap_or(Ok(Ok(())))
+        {
+            let flushed = *flushed_rx.borrow();
+            if flushed > confirmed {
+                let _ = stream.send_status(flushed, false).await;
+            }
+        }
+        stream.close().await;
+    } else {
+        writer.abort();
+    }
+    status.send_modify(|s| s.streaming = false);
+    result
+}
+
+impl Reader<'_> {
+    async fn handle(&mut self, data: bytes::Bytes) -> Result<()> {
+        match pgoutput::decode(data, false)? {
+            PgOutput::Begin(b) => {
+                self.tx = Some(OpenTx { ctx: TxContext::new(b.xid, b.final_lsn, b.commit_ts), pos: 0 });
+            }
+            PgOutput::Commit(c) => {
+                self.tx = None;
+                self.pending.ack = Some(self.pending.ack.map_or(c.end_lsn, |a| a.max(c.end_lsn)));
+            }
+            PgOutput::Relation(r) => {
+                let info = self.types.relation(&self.source, &r).await?;
+                let columns = info.columns_json();
+                let previous = self.known.get(&r.id).cloned();
+                if previous.as_ref() != Some(&columns) {
+                    if let Some(previous) = previous
+                        && let Some(pos) = self.next_pos()
+                    {
+                        let ctx = self.ctx();
+                        self.push(changes::schema_changed_event(&info, &ctx, &previous), pos);
+                    }
+                    self.pending.relations.push(KnownRelation {
+                        relid: r.id,
+                        name: info.qualified_name(),
+                        columns: columns.clone(),
+                    });
+                    self.known.insert(r.id, columns);
+                }
+                self.relations.insert(r.id, info);
+            }
+            PgOutput::Insert(i) => {
+                if let Some(pos) = self.next_pos() {
+                    let rel = self.relation(i.relation_id)?;
+                    let event = changes::insert_event(rel, &self.ctx(), &i.new);
+                    self.push(event, pos);
+                }
+            }
+            PgOutput::Update(u) => {
+                if let Some(pos) = self.next_pos() {
+                    let rel = self.relation(u.relation_id)?;
+                    let event = changes::update_event(rel, &self.ctx(), u.old.as_ref(), &u.new);
+                    self.push(event, pos);
+                }
+            }
+            PgOutput::Delete(d) => {
+                if let Some(pos) = self.next_pos() {
+                    let rel = self.relation(d.relation_id)?;
+                    let event = changes::delete_event(rel, &self.ctx(), &d.old);
+                    self.push(event, pos);
+                }
+            }
+            PgOutput::Truncate(t) => {
+                for id in &t.relation_ids {
+                    if let Some(pos) = self.next_pos() {
+                        let rel = self.relation(*id)?;
+                        let event = changes::truncate_event(rel, &self.ctx(), t.cascade, t.restart_identity);
+                        self.push(event, pos);
+                    }
+                }
+            }
+            PgOutput::Message(m) if m.transactional && m.prefix == PUBLISH_PREFIX => {
+                if let Some(pos) = self.next_pos() {
+                    match changes::publish_event(&m, &self.ctx()) {
+                        Ok(event) => self.push(event, pos),
+                        Err(e) => tracing::warn!(error = %e, "ignored a malformed pgtide.publish message"),
+                    }
+                }
+            }
+            PgOutput::Message(m) if !m.transactional => {
+                if m.prefix == HEARTBEAT_PREFIX {
+                    tracing::trace!(lsn = %m.lsn, "heartbeat");
+                }
+                self.idle_ack(m.lsn);
+            }
+            PgOutput::Message(_) | PgOutput::Origin(_) | PgOutput::Type(_) => {}
+            PgOutput::StreamStart(_)
+            | PgOutput::StreamStop
+            | PgOutput::StreamCommit(_)
+            | PgOutput::StreamAbort(_) => {
+                return Err(CdcError::Setup("unexpected streamed transaction on a protocol 1 stream".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Between transactions nothing is owed, so the slot may move to `lsn`
+    /// (a keepalive's WAL end or a heartbeat) once earlier batches are stored.
+    fn idle_ack(&mut self, lsn: Lsn) {
+        if self.tx.is_none() && self.pending.events.is_empty() {
+            self.pending.ack = Some(self.pending.ack.map_or(lsn, |a| a.max(lsn)));
+        }
+    }
+
+    fn ctx(&self) -> TxContext {
+        match &self.tx {
+            Some(tx) => tx.ctx.clone(),
+            None => TxContext::new(0, Lsn::ZERO, pgtide_pg::replication::pg_now_micros()),
+        }
+    }
+
+    /// The next change position in the open transaction, or None when the
+    /// store already has that change (a replay after a crash).
+    fn next_pos(&mut self) -> Option<i32> {
+        let tx = self.tx.as_mut()?;
+        tx.pos += 1;
+        match &self.stored {
+            Some(p) if p.covers(tx.ctx.commit_lsn, tx.pos) => None,
+            _ => Some(tx.pos),
+        }
+    }
+
+    fn push(&mut self, event: NewEvent, pos: i32) {
+        self.pending.events.push(event);
+        let commit_lsn = self.tx.as_ref().map_or(Lsn::ZERO, |t| t.ctx.commit_lsn);
+        self.pending.progress = Some(CdcProgress { slot: self.config.slot.clone(), commit_lsn, tx_pos: pos });
+    }
+
+    fn relation(&self, id: u32) -> Result<&RelationInfo> {
+        self.relations
+            .get(&id)
+            .ok_or_else(|| CdcError::Setup(format!("change for relation {id} before its Relation message")))
+    }
+
+    async fn heartbeat(&mut self, status: &watch::Sender<CdcStatus>) -> Result<()> {
+        self.source
+            .execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX])
+            .await?;
+        let slot = slot_status(&self.source, &self.config.slot).await?;
+        status.send_modify(|s| s.slot = slot);
+        Ok(())
+    }
+}
+
+async fn write_batches(
+    store: Store,
+    slot: String,
+    mut client: StoreClient,
+    mut batches: mpsc::Receiver<Batch>,
+    flushed: watch::Sender<Lsn>,
+    status: watch::Sender<CdcStatus>,
+) -> Result<()> {
+    while let Some(batch) = batches.recv().await {
+        if !batch.events.is_empty() || !batch.relations.is_empty() {
+            store
+                .insert_cdc_batch(&mut client, &slot, &batch.events, &batch.relations, batch.progress.as_ref())
+                .await?;
+            let n = batch.events.len() as u64;
+            status.send_modify(|s| s.events_stored += n);
+        }
+        if let Some(ack) = batch.ack {
+            flushed.send_if_modified(|f| {
+                if ack > *f {
+                    *f = ack;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Writing events under the global `seq`, and reading them back.
+
+use std::collections::BTreeMap;
+
+use bytes::BytesMut;
+use futures_util::pin_mut;
+use pgtide_core::{Event, EventSource, NewEvent, Pattern, format_ts};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{GenericClient, Row};
+
+use crate::progress::{CdcProgress, KnownRelation};
+use crate::{Result, Store, StoreClient, StoreError};
+
+/// What one stored batch was given: `first_seq ..= last_seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredBatch {
+    pub first_seq: i64,
+    pub last_seq: i64,
+}
+
+const COLUMNS: &str = "seq, id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta";
+
+/// Takes `n` numbers from the counter. The row lock it takes is held until the
+/// caller's transaction ends, which is what keeps commits in `seq` order.
+async fn reserve_seq(tx: &impl GenericClient, n: usize) -> Result<i64> {
+    let n = i64::try_from(n).map_err(|_| StoreError::Invalid("batch too large".into()))?;
+    let row = tx
+        .query_one(
+            "UPDATE pgtide.seq_counter SET last_seq = last_seq + $1 RETURNING last_seq",
+            &[&n],
+        )
+        .await?;
+    let last: i64 = row.get(0);
+    Ok(last - n + 1)
+}
+
+/// Writes `events` in one transaction on `client` (a dedicated connection), with
+/// the CDC position when given, and returns the seqs they got. Uses binary COPY,
+/// the fastest way into Postgres.
+pub async fn insert_batch(
+    client: &mut tokio_postgres::Client,
+    events: &[NewEvent],
+    cdc: Option<(&str, &[KnownRelation], Option<&CdcProgress>)>,
+) -> Result<Option<StoredBatch>> {
+    let tx = client.transaction().await?;
+    let batch = if events.is_empty() {
+        None
+    } else {
+        let first = reserve_seq(&tx, events.len()).await?;
+        copy_events(&tx, events, first).await?;
+        Some(StoredBatch { first_seq: first, last_seq: first + events.len() as i64 - 1 })
+    };
+    if let Some((slot, relations, progress)) = cdc {
+        for rel in relations {
+            crate::progress::save_relation(&tx, slot, rel).await?;
+        }
+        if let Some(p) = progress {
+            crate::progress::save(&tx, p).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(batch)
+}
+
+async fn copy_events(tx: &tokio_postgres::Transaction<'_>, events: &[NewEvent], first_seq: i64) -> Result<()> {
+    let sink = tx
+        .copy_in(&format!("COPY pgtide.events ({COLUMNS}) FROM STDIN BINARY"))
+        .await?;
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT8,
+            Type::UUID,
+            Type::TEXT,
+            Type::TEXT,
+            Type::TIMESTAMPTZ,
+            Type::TEXT,
+            Type::JSONB,
+            Type::INT8,
+            Type::TEXT,
+            Type::JSONB,
+            Type::JSONB,
+        ],
+    );
+    pin_mut!(writer);
+    for (i, e) in events.iter().enumerate() {
+        let seq = first_seq + i as i64;
+        let id = uuid::Uuid::from(e.id);
+        let attributes = JsonbOf(&e.attributes);
+        let meta = JsonbOf(&e.meta);
+        let data = JsonbOf(&e.data);
+        writer
+            .as_mut()
+            .write(&[
+                &seq,
+                &id,
+                &e.topic,
+                &e.event_type,
+                &e.ts,
+                &e.source.as_str(),
+                &data,
+                &e.org_id,
+                &e.correlation_id,
+                &attributes,
+                &meta,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    Ok(())
+}
+
+/// Serializes any serde value straight into the jsonb wire format (version byte
+/// 1, then the text), without an intermediate `Value`.
+#[derive(Debug)]
+struct JsonbOf<'a, T: serde::Serialize + std::fmt::Debug>(&'a T);
+
+impl<T: serde::Serialize + std::fmt::Debug> ToSql for JsonbOf<'_, T> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use bytes::BufMut;
+        out.put_u8(1);
+        serde_json::to_writer(out.writer(), self.0)?;
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB
+    }
+
+    to_sql_checked!();
+}
+
+impl Store {
+    /// Stores events published through the API (one transaction) and returns
+    /// them with their seqs.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let first = reserve_seq(&*tx, events.len()).await?;
+        let stmt = tx
+            .prepare_cached(&format!(
+                "INSERT INTO pgtide.events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ))
+            .await?;
+        for (i, e) in events.iter().enumerate() {
+            let seq = first + i as i64;
+            let id = uuid::Uuid::from(e.id);
+            tx.execute(
+                &stmt,
+                &[
+                    &seq,
+                    &id,
+                    &e.topic,
+                    &e.event_type,
+                    &e.ts,
+                    &e.source.as_str(),
+                    &JsonbOf(&e.data),
+                    &e.org_id,
+                    &e.correlation_id,
+                    &JsonbOf(&e.attributes),
+                    &JsonbOf(&e.meta),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        let last = first + events.len() as i64 - 1;
+        self.note_committed(last);
+        Ok(events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.with_seq(first + i as i64))
+            .collect())
+    }
+
+    /// Writes a CDC batch on the pipeline's own connection and wakes live readers.
+    /// The relations' column sets and the progress are saved in the same
+    /// transaction as the events.
+    pub async fn insert_cdc_batch(
+        &self,
+        client: &mut StoreClient,
+        slot: &str,
+        events: &[NewEvent],
+        relations: &[KnownRelation],
+        progress: Option<&CdcProgress>,
+    ) -> Result<Option<StoredBatch>> {
+        let batch = insert_batch(client, events, Some((slot, relations, progress))).await?;
+        if let Some(b) = batch {
+            self.note_committed(b.last_seq);
+        }
+        Ok(batch)
+    }
+
+    /// Events matching `query`, ascending by `seq`.
+    pub async fn query(&self, query: &EventQuery) -> Result<Vec<Event>> {
+        let client = self.pool.get().await?;
+        let topic_regex = query.topic_regex();
+        let types: Option<Vec<&str>> = if query.event_types.is_empty() {
+            None
+        } else {
+            Some(query.event_types.iter().map(String::as_str).collect())
+        };
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM pgtide.events
+                 WHERE seq > $1
+                   AND ($2::text[] IS NULL OR type = ANY($2))
+                   AND ($3::text IS NULL OR topic ~ $3)
+                   AND ($4::timestamptz IS NULL OR ts >= $4)
+                   AND ($5::timestamptz IS NULL OR ts < $5)
+                 ORDER BY seq
+                 LIMIT $6"
+            ))
+            .await?;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &query.after_seq.unwrap_or(0),
+                    &types,
+                    &topic_regex,
+                    &query.start_time,
+                    &query.end_time,
+                    &query.limit,
+                ],
+            )
+            .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    /// The `seq` of the event with this id, for replays that start from an id.
+    pub async fn seq_of(&self, id: ulid::Ulid) -> Result<Option<i64>> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT seq FROM pgtide.events WHERE id = $1", &[&uuid::Uuid::from(id)])
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The newest stored `seq` (0 when empty).
+    pub async fn last_seq(&self) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT last_seq FROM pgtide.seq_counter", &[])
+            .await?;
+        Ok(row.get(0))
+    }
+
+    /// Deletes events older than `max_age` in bounded batches; returns how many.
+    pub async fn apply_retention(&self, max_age: std::time::Duration) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let cutoff = OffsetDateTime::now_utc() - max_age;
+        let mut total = 0;
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM pgtide.events WHERE seq IN (
+                         SELECT seq FROM pgtide.events WHERE ts < $1 ORDER BY seq LIMIT 10000)",
+                    &[&cutoff],
+                )
+                .await?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+/// Filters for reading the store; every field narrows.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub topics: Vec<Pattern>,
+    pub event_types: Vec<String>,
+    pub start_time: Option<OffsetDateTime>,
+    pub end_time: Option<OffsetDateTime>,
+    pub after_seq: Option<i64>,
+    pub limit: i64,
+}
+
+impl EventQuery {
+    fn topic_regex(&self) -> Option<String> {
+        if self.topics.is_empty() || self.topics.iter().any(Pattern::matches_all) {
+            return None;
+        }
+        Some(
+            self.topics
+                .iter()
+                .map(|p| format!("({})", p.to_sql_regex()))
+                .collect::<Vec<_>>()
+                .join("|"),
+        )
+    }
+}
+
+fn event_from_row(row: &Row) -> Result<Event> {
+    let id: uuid::Uuid = row.get("id");
+    let source: String = row.get("source");
+    let source: EventSource = serde_json::from_value(Value::String(source.clone()))
+        .map_err(|_| StoreError::Invalid(format!("unknown event source {source:?} in the store")))?;
+    let attributes: Value = row.get("attributes");
+    let attributes: BTreeMap<String, String> = serde_json::from_value(attributes).unwrap_or_default();
+    let meta: Value = row.get("meta");
+    let meta = match meta {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    let ts: OffsetDateTime = row.get("ts");
+    Ok(Event {
+        id: ulid::Ulid::from(id).to_string(),
+        seq: row.get("seq"),
+        topic: row.get("topic"),
+        event_type: row.get("type"),
+        ts: format_ts(ts),
+        source,
+        data: row.get("data"),
+        org_id: row.get("org_id"),
+        correlation_id: row.get("correlation_id"),
+        attributes,
+        meta,
+    })
+}

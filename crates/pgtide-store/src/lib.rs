@@ -1,0 +1,129 @@
+//! The event store: everything pgtide keeps lives in the `pgtide` schema.
+//!
+//! - [`migrate`]: versioned, idempotent migrations from the repo's `sql/`.
+//! - [`events`]: writing events under the global `seq`, and reading them back.
+//! - [`progress`]: the CDC pipeline's stored position and known relations, kept
+//!   in the same transactions as the events so replays store nothing twice.
+//!
+//! Every write that assigns `seq` takes the `seq_counter` row lock until it
+//! commits, so commits happen in `seq` order and `seq > N` readers miss nothing.
+
+pub mod events;
+pub mod migrate;
+pub mod progress;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use pgtide_pg::PgConfig;
+use tokio::sync::watch;
+
+pub use events::{EventQuery, StoredBatch};
+pub use progress::{CdcProgress, KnownRelation};
+
+/// Store failures. `Unavailable` is worth retrying; the others are not.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("event store unavailable: {0}")]
+    Unavailable(String),
+    #[error("event store query failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("migration {version} failed: {message}")]
+    Migration { version: i32, message: String },
+}
+
+impl StoreError {
+    /// Whether a retry may succeed (the connection dropped, the server restarted).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Query(e) => e.is_closed() || e.as_db_error().is_none_or(|db| {
+                let code = db.code().code();
+                code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
+            }),
+            StoreError::Invalid(_) | StoreError::Migration { .. } => false,
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Query(e),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A pooled store connection, for work that keeps one (the CDC writer).
+pub type StoreClient = deadpool_postgres::Object;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A handle on the store: a connection pool plus the highest committed `seq`
+/// this process knows of, which live readers watch.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    committed: watch::Sender<i64>,
+}
+
+impl Store {
+    /// Connects a pool of up to `max_size` connections (lazily opened).
+    pub fn new(config: &PgConfig, max_size: usize) -> Result<Store> {
+        let tls = tokio_postgres_rustls_connector(config)?;
+        let manager = Manager::from_config(
+            config_for_pool(config),
+            tls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_size)
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (committed, _) = watch::channel(0);
+        Ok(Store { pool, committed })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// A connection of the pool to keep (the CDC writer's).
+    pub async fn client(&self) -> Result<StoreClient> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// The highest `seq` known committed; changes after every stored batch.
+    pub fn committed_seq(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
+    }
+
+    pub(crate) fn note_committed(&self, seq: i64) {
+        self.committed.send_if_modified(|current| {
+            if seq > *current {
+                *current = seq;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// A quick round trip, for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+fn config_for_pool(config: &PgConfig) -> tokio_postgres::Config {
+    config.tokio_config().clone()
+}
+
+fn tokio_postgres_rustls_connector(config: &PgConfig) -> Result<pgtide_pg::config::MakeTls> {
+    config
+        .make_tls()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}

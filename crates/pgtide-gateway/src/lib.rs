@@ -1,1 +1,48 @@
-//! placeholder
+//! pgtide's HTTP surface.
+//!
+//! - [`error`]: the one API error type and the contract's JSON error body.
+//! - [`events`]: `POST /v1/events` and `GET /v1/events`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//!
+//! [`serve`] takes a bound listener so tests can bind port 0.
+
+pub mod error;
+pub mod events;
+pub mod health;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use pgtide_cdc::CdcStatus;
+use pgtide_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use error::ApiError;
+
+/// Largest request body accepted (the contract's frame limit).
+pub const MAX_BODY: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub cdc: watch::Receiver<CdcStatus>,
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(health::routes())
+        .merge(events::routes())
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves until `shutdown`, then finishes in-flight requests.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

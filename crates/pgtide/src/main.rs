@@ -1,1 +1,105 @@
-fn main() {}
+//! The `pgtide` binary: command line, wiring and signals.
+//!
+//! - [`cli`]: flags, environment variables and the config file.
+//! - [`server`]: `pgtide run`: checks, migrations, slot, CDC pipeline, HTTP.
+//! - [`dev`]: `pgtide dev`: the same on a throwaway local PostgreSQL.
+//! - [`bench`]: `pgtide bench cdc`.
+
+mod bench;
+mod cli;
+mod dev;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, SlotAction};
+
+fn main() -> ExitCode {
+    if let Err(e) = load_config_file() {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(2);
+    }
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--config FILE` (or `PGTIDE_CONFIG`) must be applied before clap reads the
+/// environment, so it is found by hand first.
+fn load_config_file() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let mut path = std::env::var("PGTIDE_CONFIG").ok();
+    for (i, arg) in args.iter().enumerate() {
+        if let Some(p) = arg.strip_prefix("--config=") {
+            path = Some(p.to_owned());
+        } else if arg == "--config" {
+            path = args.get(i + 1).cloned();
+        }
+    }
+    match path {
+        Some(p) => cli::apply_config_file(std::path::Path::new(&p)),
+        None => Ok(()),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTIDE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let shutdown = shutdown_on_signals()?;
+            server::run(args, shutdown).await
+        }
+        Command::Dev(args) => {
+            let shutdown = shutdown_on_signals()?;
+            dev::run(args, shutdown).await
+        }
+        Command::Migrate(db) => server::migrate_only(&db).await,
+        Command::Slot { action: SlotAction::Status { db, slot } } => server::slot_status(&db, &slot).await,
+        Command::Slot { action: SlotAction::Drop { db, slot } } => server::slot_drop(&db, &slot).await,
+        Command::Bench { which: cli::BenchWhich::Cdc(args) } => bench::cdc(args).await,
+    }
+}
+
+/// One cancellation token for the whole process, cancelled by SIGINT or SIGTERM.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        cancel.cancel();
+    });
+    Ok(token)
+}

@@ -1,0 +1,63 @@
+//! Liveness, readiness (slot streaming, store reachable, replication lag) and
+//! Prometheus metrics.
+
+use std::fmt::Write;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use crate::AppState;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let cdc = state.cdc.borrow().clone();
+    let store = state.store.ping().await;
+    let ready = cdc.streaming && store.is_ok();
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+        "replication": {
+            "streaming": cdc.streaming,
+            "confirmed_lsn": cdc.confirmed_lsn,
+            "events_stored": cdc.events_stored,
+            "last_error": cdc.last_error,
+            "slot": cdc.slot.as_ref().map(|s| s.slot.clone()),
+            "lag_bytes": cdc.slot.as_ref().map(|s| s.lag_bytes),
+            "retained_wal_bytes": cdc.slot.as_ref().map(|s| s.retained_wal_bytes),
+        },
+    });
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let cdc = state.cdc.borrow().clone();
+    let committed = *state.store.committed_seq().borrow();
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, kind: &str, value: i64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    };
+    gauge("pgtide_replication_streaming", "1 while the slot is streaming", "gauge", i64::from(cdc.streaming));
+    gauge("pgtide_cdc_events_stored_total", "Events the CDC pipeline stored", "counter", cdc.events_stored as i64);
+    gauge("pgtide_store_last_seq", "Highest seq this node has seen committed", "gauge", committed);
+    if let Some(slot) = &cdc.slot {
+        gauge("pgtide_replication_lag_bytes", "WAL bytes after the slot's confirmed position", "gauge", slot.lag_bytes);
+        gauge("pgtide_replication_retained_wal_bytes", "WAL bytes the slot holds back", "gauge", slot.retained_wal_bytes);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

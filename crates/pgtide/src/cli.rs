@@ -1,0 +1,207 @@
+//! The command line. Every flag also reads `PGTIDE_<FLAG>`; `DATABASE_URL` is
+//! accepted for `--database-url`; `--config pgtide.toml` supplies the same
+//! settings from a file (flags and environment win over the file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "pgtide", version, about = "Change feeds, events and webhooks from your own PostgreSQL")]
+pub struct Cli {
+    /// A TOML file with the same settings as the flags (e.g. `database_url = "…"`).
+    #[arg(long, global = true, env = "PGTIDE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Attach to a PostgreSQL, stream its changes into events and serve them.
+    Run(RunArgs),
+    /// Zero-setup local instance: a throwaway PostgreSQL, the demo schema, the API.
+    Dev(DevArgs),
+    /// Create or upgrade the `pgtide` schema (idempotent).
+    Migrate(DbArgs),
+    /// Inspect or drop the replication slot.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchWhich,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DbArgs {
+    /// The PostgreSQL to stream from (libpq URL; sslmode honoured). DATABASE_URL also works.
+    #[arg(long, env = "PGTIDE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where pgtide keeps its state (default: --database-url).
+    #[arg(long, env = "PGTIDE_STORE_URL")]
+    pub store_url: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SlotArgs {
+    /// Replication slot name (created if missing).
+    #[arg(long, env = "PGTIDE_SLOT", default_value = "pgtide")]
+    pub slot: String,
+    /// Publication name (created if missing).
+    #[arg(long, env = "PGTIDE_PUBLICATION", default_value = "pgtide")]
+    pub publication: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PGTIDE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory of mapping files.
+    #[arg(long, env = "PGTIDE_MAPPINGS", default_value = "./mappings")]
+    pub mappings: PathBuf,
+    /// Tables whose changes go to default topics `tables.<table>.<op>`: a
+    /// comma-separated list (`public.orders,users`) or `*` for every table.
+    #[arg(long, env = "PGTIDE_CAPTURE", default_value = "")]
+    pub capture: String,
+    /// How long events are kept (e.g. `7d`, `12h`).
+    #[arg(long, env = "PGTIDE_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// Serve without authentication. For local use only.
+    #[arg(long, env = "PGTIDE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// HS256 secret for JWT authentication.
+    #[arg(long, env = "PGTIDE_JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+    /// JWKS file or URL for RS256/ES256 JWT authentication.
+    #[arg(long, env = "PGTIDE_JWKS")]
+    pub jwks: Option<String>,
+    /// Most events per store transaction.
+    #[arg(long, env = "PGTIDE_MAX_BATCH", default_value_t = 5000)]
+    pub max_batch: usize,
+    /// Interval of the heartbeat that keeps an idle slot moving.
+    #[arg(long, env = "PGTIDE_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub slot: SlotArgs,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Use this PostgreSQL instead of starting a throwaway one.
+    #[arg(long, env = "PGTIDE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Where the throwaway PostgreSQL keeps its data.
+    #[arg(long, env = "PGTIDE_DEV_DATA", default_value = ".pgtide/dev")]
+    pub data_dir: PathBuf,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "PGTIDE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Tables to capture to default topics (default: every demo table).
+    #[arg(long, env = "PGTIDE_CAPTURE", default_value = "*")]
+    pub capture: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SlotAction {
+    /// Print the slot's confirmed position, lag and retained WAL.
+    Status {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        slot: SlotArgs,
+    },
+    /// Drop the slot and the publication (pgtide's stored events stay).
+    Drop {
+        #[command(flatten)]
+        db: DbArgs,
+        #[command(flatten)]
+        slot: SlotArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchWhich {
+    /// CDC throughput against pg_recvlogical, and commit→stored latency.
+    Cdc(crate::bench::CdcBenchArgs),
+}
+
+/// `7d`, `12h`, `30s`, `500ms` (humantime, plus a bare `d` suffix).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 7d, 12h or 30s: {e}"))
+}
+
+impl DbArgs {
+    /// The source URL: the flag, `PGTIDE_DATABASE_URL`, or `DATABASE_URL`.
+    pub fn source_url(&self) -> anyhow::Result<String> {
+        self.database_url
+            .clone()
+            .or_else(|| std::env::var("DATABASE_URL").ok())
+            .ok_or_else(|| anyhow::anyhow!("no database given: pass --database-url postgres://user:pass@host/db (or set PGTIDE_DATABASE_URL)"))
+    }
+
+    /// The store URL, defaulting to the source.
+    pub fn store_url(&self) -> anyhow::Result<String> {
+        match &self.store_url {
+            Some(url) => Ok(url.clone()),
+            None => self.source_url(),
+        }
+    }
+}
+
+/// Loads `--config` (TOML) into `PGTIDE_*` variables that are not already set,
+/// so the precedence is flag > environment > file.
+pub fn apply_config_file(path: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))?;
+    for (key, value) in table {
+        let var = format!("PGTIDE_{}", key.to_uppercase().replace('-', "_"));
+        let value = match value {
+            toml::Value::Array(items) => items.iter().map(scalar).collect::<anyhow::Result<Vec<_>>>()?.join(","),
+            other => scalar(&other)?,
+        };
+        if std::env::var_os(&var).is_none() {
+            // SAFETY-free: set before any thread is started (called first thing in main).
+            set_env(&var, &value);
+        }
+    }
+    Ok(())
+}
+
+/// A TOML scalar as the text a flag would take.
+fn scalar(value: &toml::Value) -> anyhow::Result<String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        other => anyhow::bail!("config value {other:?} is not a string, number or boolean"),
+    })
+}
+
+fn set_env(key: &str, value: &str) {
+    // Rust 2024 marks set_var unsafe because other threads may read the
+    // environment concurrently; we call this before the runtime starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var(key, value);
+    }
+}

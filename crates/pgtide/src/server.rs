@@ -1,0 +1,195 @@
+//! `pgtide run` and the commands that share its wiring (`migrate`, `slot`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pgtide_cdc::{Capture, CdcConfig, CdcStatus, setup};
+use pgtide_gateway::AppState;
+use pgtide_pg::PgConfig;
+use pgtide_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{DbArgs, RunArgs, ServeArgs, SlotArgs};
+
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    check_auth(&args.serve)?;
+    let source = PgConfig::parse(&args.db.source_url()?)?;
+    let store = PgConfig::parse(&args.db.store_url()?)?;
+    let listener = bind(args.serve.listen).await?;
+    let running = start(&source, &store, &args.slot, &args.serve, listener, shutdown).await?;
+    tracing::info!(addr = %running.addr, "serving");
+    running.wait().await
+}
+
+/// Authentication arrives with the gateway; until then only an explicit
+/// `--insecure-no-auth` may serve.
+fn check_auth(serve: &ServeArgs) -> anyhow::Result<()> {
+    if serve.jwt_secret.is_some() || serve.jwks.is_some() {
+        bail!(
+            "JWT authentication (--jwt-secret/--jwks) is not available in this build yet; run with --insecure-no-auth on a trusted network"
+        );
+    }
+    if !serve.insecure_no_auth {
+        bail!(
+            "refusing to serve without authentication: pass --jwt-secret SECRET or --jwks FILE|URL, or --insecure-no-auth for local use"
+        );
+    }
+    tracing::warn!("--insecure-no-auth: every client may read and publish every event; do not expose this port");
+    Ok(())
+}
+
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} (is another process using it? choose another with --listen)")
+    })
+}
+
+/// A started pgtide: the CDC pipeline and the HTTP server, running.
+pub struct Running {
+    pub addr: SocketAddr,
+    cdc: JoinHandle<pgtide_cdc::Result<()>>,
+    http: JoinHandle<std::io::Result<()>>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    /// Runs until shutdown or a fatal pipeline error, then stops everything.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let Running { mut cdc, mut http, shutdown, .. } = self;
+        let result = tokio::select! {
+            r = &mut cdc => {
+                shutdown.cancel();
+                let _ = http.await;
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(anyhow::anyhow!(e).context("replication stopped")),
+                    Err(e) => Err(anyhow::anyhow!("replication task failed: {e}")),
+                }
+            }
+            r = &mut http => {
+                shutdown.cancel();
+                let _ = cdc.await;
+                match r {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(anyhow::anyhow!(e).context("HTTP server stopped")),
+                    Err(e) => Err(anyhow::anyhow!("HTTP task failed: {e}")),
+                }
+            }
+        };
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Checks the source, migrates the store, prepares publication and slot, and
+/// starts the pipeline and the HTTP server.
+pub async fn start(
+    source: &PgConfig,
+    store_config: &PgConfig,
+    slot: &SlotArgs,
+    serve: &ServeArgs,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    warn_about_mappings(&serve.mappings);
+    let capture = Capture::parse(&serve.capture)?;
+    let client = source.connect().await?;
+    setup::preflight(&client, &slot.slot).await?;
+    migrate_store(store_config).await?;
+    let tables = setup::prepare(&client, &slot.slot, &slot.publication, &capture).await?;
+    tracing::info!(slot = %slot.slot, publication = %slot.publication, tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "capturing");
+
+    let store = Store::new(store_config, 16)?;
+    let (status_tx, status_rx) = watch::channel(CdcStatus::default());
+    let config = CdcConfig {
+        source: source.clone(),
+        slot: slot.slot.clone(),
+        publication: slot.publication.clone(),
+        max_batch: serve.max_batch,
+        heartbeat: serve.heartbeat,
+    };
+    let cdc = tokio::spawn(pgtide_cdc::run(config, store.clone(), status_tx, shutdown.clone()));
+    spawn_retention(store.clone(), serve.retention, shutdown.clone());
+    let addr = listener.local_addr()?;
+    let state = AppState { store, cdc: status_rx };
+    let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));
+    Ok(Running { addr, cdc, http, shutdown })
+}
+
+fn warn_about_mappings(dir: &std::path::Path) {
+    let has_yaml = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml"));
+    if has_yaml {
+        tracing::warn!(dir = %dir.display(), "mapping files are not applied by this build; use --capture for default topics");
+    }
+}
+
+async fn migrate_store(config: &PgConfig) -> anyhow::Result<Vec<i32>> {
+    let mut client = config.connect().await?;
+    Ok(pgtide_store::migrate::migrate(&mut client).await?)
+}
+
+/// Deletes expired events every minute.
+fn spawn_retention(store: Store, max_age: Duration, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => match store.apply_retention(max_age).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "retention removed expired events"),
+                    Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+                },
+            }
+        }
+    });
+}
+
+pub async fn migrate_only(db: &DbArgs) -> anyhow::Result<()> {
+    let config = PgConfig::parse(&db.store_url()?)?;
+    let applied = migrate_store(&config).await?;
+    if applied.is_empty() {
+        println!("pgtide schema is up to date");
+    } else {
+        println!("applied migrations {applied:?}");
+    }
+    Ok(())
+}
+
+pub async fn slot_status(db: &DbArgs, slot: &SlotArgs) -> anyhow::Result<()> {
+    let client = PgConfig::parse(&db.source_url()?)?.connect().await?;
+    match setup::slot_status(&client, &slot.slot).await? {
+        None => bail!("no replication slot named {:?}", slot.slot),
+        Some(s) => {
+            println!("slot:               {}", s.slot);
+            println!("active:             {}", s.active);
+            println!("confirmed position: {}", s.confirmed_flush_lsn.as_deref().unwrap_or("-"));
+            println!("lag:                {} bytes", s.lag_bytes);
+            println!("retained WAL:       {} bytes", s.retained_wal_bytes);
+            Ok(())
+        }
+    }
+}
+
+pub async fn slot_drop(db: &DbArgs, slot: &SlotArgs) -> anyhow::Result<()> {
+    let source = PgConfig::parse(&db.source_url()?)?;
+    let client = source.connect().await?;
+    let existed = setup::drop_slot(&client, &slot.slot, &slot.publication).await?;
+    if let Ok(store) = PgConfig::parse(&db.store_url()?)?.connect().await {
+        let _ = pgtide_store::progress::forget(&store, &slot.slot).await;
+    }
+    if existed {
+        println!("dropped slot {:?} and publication {:?}", slot.slot, slot.publication);
+    } else {
+        println!("no slot {:?}; dropped publication {:?} if it existed", slot.slot, slot.publication);
+    }
+    Ok(())
+}

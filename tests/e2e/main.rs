@@ -1,1 +1,8 @@
+//! End-to-end tests: a real PostgreSQL, real logical replication, the real
+//! `pgtide` binary over real sockets. Run them with `./scripts/test`.
 
+mod cdc;
+mod cli;
+mod durability;
+mod harness;
+mod http;

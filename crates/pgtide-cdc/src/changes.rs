@@ -31,8 +31,13 @@ impl TxContext {
     /// From the fields of a Begin message (commit time in µs since 2000-01-01).
     pub fn new(xid: u32, commit_lsn: Lsn, commit_ts_pg_micros: i64) -> TxContext {
         let unix_nanos = i128::from(commit_ts_pg_micros + PG_EPOCH_OFFSET_MICROS) * 1000;
-        let commit_ts = OffsetDateTime::from_unix_timestamp_nanos(unix_nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        TxContext { xid, commit_lsn, commit_ts }
+        let commit_ts = OffsetDateTime::from_unix_timestamp_nanos(unix_nanos)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        TxContext {
+            xid,
+            commit_lsn,
+            commit_ts,
+        }
     }
 }
 
@@ -77,7 +82,12 @@ pub struct RowImage {
 /// sent a full old row, else they are left out and named in `unchanged`.
 /// With `key_only`, only the replica identity's columns are kept (the old row
 /// of a delete under `REPLICA IDENTITY DEFAULT`).
-pub fn row_image(rel: &RelationInfo, tuple: &Tuple, old: Option<&Tuple>, key_only: bool) -> RowImage {
+pub fn row_image(
+    rel: &RelationInfo,
+    tuple: &Tuple,
+    old: Option<&Tuple>,
+    key_only: bool,
+) -> RowImage {
     let mut image = RowImage::default();
     for (i, (column, value)) in rel.columns.iter().zip(&tuple.0).enumerate() {
         if key_only && !column.is_key {
@@ -85,7 +95,9 @@ pub fn row_image(rel: &RelationInfo, tuple: &Tuple, old: Option<&Tuple>, key_onl
         }
         let json = match value {
             TupleValue::Null => Value::Null,
-            TupleValue::Text(bytes) | TupleValue::Binary(bytes) => convert(rel, &column.name, &column.kind, bytes),
+            TupleValue::Text(bytes) | TupleValue::Binary(bytes) => {
+                convert(rel, &column.name, &column.kind, bytes)
+            }
             TupleValue::UnchangedToast => match old.and_then(|o| o.0.get(i)) {
                 Some(TupleValue::Text(bytes)) => convert(rel, &column.name, &column.kind, bytes),
                 Some(TupleValue::Null) => Value::Null,
@@ -100,7 +112,12 @@ pub fn row_image(rel: &RelationInfo, tuple: &Tuple, old: Option<&Tuple>, key_onl
     image
 }
 
-fn convert(rel: &RelationInfo, column: &str, kind: &pgtide_pg::value::ValueKind, bytes: &[u8]) -> Value {
+fn convert(
+    rel: &RelationInfo,
+    column: &str,
+    kind: &pgtide_pg::value::ValueKind,
+    bytes: &[u8],
+) -> Value {
     match text_to_json(kind, bytes) {
         Ok(v) => v,
         Err(e) => {
@@ -120,7 +137,13 @@ pub fn default_topic_prefix(rel: &RelationInfo) -> String {
     };
     let clean: String = segment
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("tables.{clean}")
 }
@@ -135,7 +158,13 @@ fn cdc_meta(rel: &RelationInfo, tx: &TxContext, op: Op) -> Map<String, Value> {
     meta
 }
 
-fn cdc_event(rel: &RelationInfo, tx: &TxContext, op: Op, data: Value, meta: Map<String, Value>) -> NewEvent {
+fn cdc_event(
+    rel: &RelationInfo,
+    tx: &TxContext,
+    op: Op,
+    data: Value,
+    meta: Map<String, Value>,
+) -> NewEvent {
     let mut event = NewEvent::new(
         format!("{}.{}", default_topic_prefix(rel), op.as_str()),
         op.event_type(),
@@ -157,7 +186,12 @@ pub fn insert_event(rel: &RelationInfo, tx: &TxContext, new: &Tuple) -> NewEvent
 
 /// The default-topic event of an update: the new row, the old one in `meta.old`
 /// when Postgres sent it.
-pub fn update_event(rel: &RelationInfo, tx: &TxContext, old: Option<&OldTuple>, new: &Tuple) -> NewEvent {
+pub fn update_event(
+    rel: &RelationInfo,
+    tx: &TxContext,
+    old: Option<&OldTuple>,
+    new: &Tuple,
+) -> NewEvent {
     let full_old = match old {
         Some(OldTuple::Full(t)) => Some(t),
         _ => None,
@@ -166,10 +200,16 @@ pub fn update_event(rel: &RelationInfo, tx: &TxContext, old: Option<&OldTuple>, 
     let mut meta = cdc_meta(rel, tx, Op::Update);
     match old {
         Some(OldTuple::Full(t)) => {
-            meta.insert("old".into(), Value::Object(row_image(rel, t, None, false).row));
+            meta.insert(
+                "old".into(),
+                Value::Object(row_image(rel, t, None, false).row),
+            );
         }
         Some(OldTuple::Key(t)) => {
-            meta.insert("old".into(), Value::Object(row_image(rel, t, None, true).row));
+            meta.insert(
+                "old".into(),
+                Value::Object(row_image(rel, t, None, true).row),
+            );
         }
         None => {}
     }
@@ -190,7 +230,12 @@ pub fn delete_event(rel: &RelationInfo, tx: &TxContext, old: &OldTuple) -> NewEv
 }
 
 /// The default-topic event of a truncate of one table.
-pub fn truncate_event(rel: &RelationInfo, tx: &TxContext, cascade: bool, restart_identity: bool) -> NewEvent {
+pub fn truncate_event(
+    rel: &RelationInfo,
+    tx: &TxContext,
+    cascade: bool,
+    restart_identity: bool,
+) -> NewEvent {
     let data = json!({
         "table": rel.qualified_name(),
         "cascade": cascade,
@@ -246,7 +291,8 @@ struct PublishMessage {
 pub fn publish_event(msg: &LogicalMessage, tx: &TxContext) -> Result<NewEvent, String> {
     let body: PublishMessage = serde_json::from_slice(&msg.content)
         .map_err(|e| format!("pgtide.publish message at {} is not valid: {e}", msg.lsn))?;
-    let topic = pgtide_core::Topic::parse(&body.topic).map_err(|e| format!("pgtide.publish: {e}"))?;
+    let topic =
+        pgtide_core::Topic::parse(&body.topic).map_err(|e| format!("pgtide.publish: {e}"))?;
     let event_type = body.event_type.unwrap_or_else(|| topic.as_str().to_owned());
     let mut event = NewEvent::new(topic.into_string(), event_type, EventSource::Sql, body.data);
     event.ts = tx.commit_ts;
@@ -281,9 +327,24 @@ mod tests {
             name: "orders".into(),
             replica_identity: ReplicaIdentity::Default,
             columns: vec![
-                Column { name: "id".into(), type_oid: 23, is_key: true, kind: ValueKind::Int },
-                Column { name: "note".into(), type_oid: 25, is_key: false, kind: ValueKind::Text },
-                Column { name: "total".into(), type_oid: 1700, is_key: false, kind: ValueKind::Numeric },
+                Column {
+                    name: "id".into(),
+                    type_oid: 23,
+                    is_key: true,
+                    kind: ValueKind::Int,
+                },
+                Column {
+                    name: "note".into(),
+                    type_oid: 25,
+                    is_key: false,
+                    kind: ValueKind::Text,
+                },
+                Column {
+                    name: "total".into(),
+                    type_oid: 1700,
+                    is_key: false,
+                    kind: ValueKind::Numeric,
+                },
             ],
         }
     }
@@ -298,7 +359,11 @@ mod tests {
 
     #[test]
     fn insert_uses_default_topic_and_meta() {
-        let e = insert_event(&rel("public"), &tx(), &Tuple(vec![text("7"), TupleValue::Null, text("1.50")]));
+        let e = insert_event(
+            &rel("public"),
+            &tx(),
+            &Tuple(vec![text("7"), TupleValue::Null, text("1.50")]),
+        );
         assert_eq!(e.topic, "tables.orders.insert");
         assert_eq!(e.event_type, "row.inserted");
         assert_eq!(e.data, json!({"id": 7, "note": null, "total": "1.50"}));
@@ -312,7 +377,11 @@ mod tests {
 
     #[test]
     fn other_schemas_prefix_the_table() {
-        let e = insert_event(&rel("audit"), &tx(), &Tuple(vec![text("1"), text("x"), text("2")]));
+        let e = insert_event(
+            &rel("audit"),
+            &tx(),
+            &Tuple(vec![text("1"), text("x"), text("2")]),
+        );
         assert_eq!(e.topic, "tables.audit_orders.insert");
     }
 
@@ -326,7 +395,10 @@ mod tests {
         let e = update_event(&rel("public"), &tx(), Some(&old), &new);
         assert_eq!(e.data, json!({"id": 7, "note": "long", "total": "2"}));
         assert!(!e.meta.contains_key("unchanged_columns"));
-        assert_eq!(e.meta["old"], json!({"id": 7, "note": "long", "total": "1"}));
+        assert_eq!(
+            e.meta["old"],
+            json!({"id": 7, "note": "long", "total": "1"})
+        );
     }
 
     #[test]
@@ -341,10 +413,16 @@ mod tests {
     #[test]
     fn truncate_and_schema_change_events() {
         let e = truncate_event(&rel("public"), &tx(), true, false);
-        assert_eq!((e.topic.as_str(), e.event_type.as_str()), ("tables.orders.truncate", "table.truncated"));
+        assert_eq!(
+            (e.topic.as_str(), e.event_type.as_str()),
+            ("tables.orders.truncate", "table.truncated")
+        );
         assert_eq!(e.data["cascade"], true);
         let e = schema_changed_event(&rel("public"), &tx(), &json!([]));
-        assert_eq!((e.topic.as_str(), e.event_type.as_str()), ("tables.orders.schema", "schema.changed"));
+        assert_eq!(
+            (e.topic.as_str(), e.event_type.as_str()),
+            ("tables.orders.schema", "schema.changed")
+        );
         assert_eq!(e.data["columns"][2]["name"], "total");
     }
 
@@ -363,7 +441,14 @@ mod tests {
         assert_eq!(e.source, EventSource::Sql);
         assert_eq!(e.attributes["a"], "b");
         assert_eq!(e.attributes["n"], "2");
-        let bad = LogicalMessage { content: Bytes::from_static(br#"{"topic":"a..b","data":1}"#), ..msg };
-        assert!(publish_event(&bad, &tx()).unwrap_err().contains("empty segment"));
+        let bad = LogicalMessage {
+            content: Bytes::from_static(br#"{"topic":"a..b","data":1}"#),
+            ..msg
+        };
+        assert!(
+            publish_event(&bad, &tx())
+                .unwrap_err()
+                .contains("empty segment")
+        );
     }
 }

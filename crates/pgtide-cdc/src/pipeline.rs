@@ -54,7 +54,12 @@ pub struct CdcStatus {
 /// Streams until `shutdown`, reconnecting after failures that may pass (a
 /// Postgres restart, a cut connection, a store outage). Returns an error only
 /// for failures that retrying cannot fix.
-pub async fn run(config: CdcConfig, store: Store, status: watch::Sender<CdcStatus>, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    config: CdcConfig,
+    store: Store,
+    status: watch::Sender<CdcStatus>,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = std::time::Instant::now();
@@ -135,7 +140,9 @@ async fn run_once(
         .map(|r| (r.relid, r.columns))
         .collect();
     let conn = ReplicationConnection::connect(&config.source).await?;
-    let mut stream = conn.start_logical(&config.slot, Lsn::ZERO, &config.publication).await?;
+    let mut stream = conn
+        .start_logical(&config.slot, Lsn::ZERO, &config.publication)
+        .await?;
     tracing::info!(slot = %config.slot, resume_after = ?stored.as_ref().map(|p| p.commit_lsn.to_string()), "replication streaming");
     status.send_modify(|s| {
         s.streaming = true;
@@ -144,7 +151,14 @@ async fn run_once(
 
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(2);
     let (flushed_tx, mut flushed_rx) = watch::channel(Lsn::ZERO);
-    let mut writer = tokio::spawn(write_batches(store.clone(), config.slot.clone(), writer_client, batch_rx, flushed_tx, status.clone()));
+    let mut writer = tokio::spawn(write_batches(
+        store.clone(),
+        config.slot.clone(),
+        writer_client,
+        batch_rx,
+        flushed_tx,
+        status.clone(),
+    ));
 
     let mut reader = Reader {
         config,
@@ -246,7 +260,10 @@ impl Reader<'_> {
     async fn handle(&mut self, data: bytes::Bytes) -> Result<()> {
         match pgoutput::decode(data, false)? {
             PgOutput::Begin(b) => {
-                self.tx = Some(OpenTx { ctx: TxContext::new(b.xid, b.final_lsn, b.commit_ts), pos: 0 });
+                self.tx = Some(OpenTx {
+                    ctx: TxContext::new(b.xid, b.final_lsn, b.commit_ts),
+                    pos: 0,
+                });
             }
             PgOutput::Commit(c) => {
                 self.tx = None;
@@ -297,7 +314,12 @@ impl Reader<'_> {
                 for id in &t.relation_ids {
                     if let Some(pos) = self.next_pos() {
                         let rel = self.relation(*id)?;
-                        let event = changes::truncate_event(rel, &self.ctx(), t.cascade, t.restart_identity);
+                        let event = changes::truncate_event(
+                            rel,
+                            &self.ctx(),
+                            t.cascade,
+                            t.restart_identity,
+                        );
                         self.push(event, pos);
                     }
                 }
@@ -306,7 +328,9 @@ impl Reader<'_> {
                 if let Some(pos) = self.next_pos() {
                     match changes::publish_event(&m, &self.ctx()) {
                         Ok(event) => self.push(event, pos),
-                        Err(e) => tracing::warn!(error = %e, "ignored a malformed pgtide.publish message"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignored a malformed pgtide.publish message")
+                        }
                     }
                 }
             }
@@ -321,7 +345,9 @@ impl Reader<'_> {
             | PgOutput::StreamStop
             | PgOutput::StreamCommit(_)
             | PgOutput::StreamAbort(_) => {
-                return Err(CdcError::Setup("unexpected streamed transaction on a protocol 1 stream".into()));
+                return Err(CdcError::Setup(
+                    "unexpected streamed transaction on a protocol 1 stream".into(),
+                ));
             }
         }
         Ok(())
@@ -356,18 +382,27 @@ impl Reader<'_> {
     fn push(&mut self, event: NewEvent, pos: i32) {
         self.pending.events.push(event);
         let commit_lsn = self.tx.as_ref().map_or(Lsn::ZERO, |t| t.ctx.commit_lsn);
-        self.pending.progress = Some(CdcProgress { slot: self.config.slot.clone(), commit_lsn, tx_pos: pos });
+        self.pending.progress = Some(CdcProgress {
+            slot: self.config.slot.clone(),
+            commit_lsn,
+            tx_pos: pos,
+        });
     }
 
     fn relation(&self, id: u32) -> Result<&RelationInfo> {
-        self.relations
-            .get(&id)
-            .ok_or_else(|| CdcError::Setup(format!("change for relation {id} before its Relation message")))
+        self.relations.get(&id).ok_or_else(|| {
+            CdcError::Setup(format!(
+                "change for relation {id} before its Relation message"
+            ))
+        })
     }
 
     async fn heartbeat(&mut self, status: &watch::Sender<CdcStatus>) -> Result<()> {
         self.source
-            .execute("SELECT pg_logical_emit_message(false, $1, '')", &[&HEARTBEAT_PREFIX])
+            .execute(
+                "SELECT pg_logical_emit_message(false, $1, '')",
+                &[&HEARTBEAT_PREFIX],
+            )
             .await?;
         let slot = slot_status(&self.source, &self.config.slot).await?;
         status.send_modify(|s| s.slot = slot);
@@ -386,7 +421,13 @@ async fn write_batches(
     while let Some(batch) = batches.recv().await {
         if !batch.events.is_empty() || !batch.relations.is_empty() {
             store
-                .insert_cdc_batch(&mut client, &slot, &batch.events, &batch.relations, batch.progress.as_ref())
+                .insert_cdc_batch(
+                    &mut client,
+                    &slot,
+                    &batch.events,
+                    &batch.relations,
+                    batch.progress.as_ref(),
+                )
                 .await?;
             let n = batch.events.len() as u64;
             status.send_modify(|s| s.events_stored += n);

@@ -90,7 +90,11 @@ impl TypeCache {
 
 /// Domains become their base type; arrays of user types become arrays of
 /// their element's kind; anything else (enums, composites, …) is text.
-fn resolve(client: &Client, oid: u32, depth: u8) -> std::pin::Pin<Box<dyn Future<Output = Result<ValueKind>> + Send + '_>> {
+fn resolve(
+    client: &Client,
+    oid: u32,
+    depth: u8,
+) -> std::pin::Pin<Box<dyn Future<Output = Result<ValueKind>> + Send + '_>> {
     Box::pin(async move {
         if let Some(kind) = ValueKind::builtin(oid) {
             return Ok(kind);

@@ -28,7 +28,10 @@ impl TableName {
                 "invalid table name {text:?}: expected schema.table or table"
             )));
         }
-        Ok(TableName { schema: schema.to_owned(), name: name.to_owned() })
+        Ok(TableName {
+            schema: schema.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     pub fn quoted(&self) -> String {
@@ -115,7 +118,10 @@ pub async fn preflight(client: &Client, slot: &str) -> Result<()> {
         let plugin: Option<String> = row.get(0);
         let database: Option<String> = row.get(1);
         let slot_type: String = row.get(2);
-        let here: String = client.query_one("SELECT current_database()::text", &[]).await?.get(0);
+        let here: String = client
+            .query_one("SELECT current_database()::text", &[])
+            .await?
+            .get(0);
         if slot_type != "logical" || plugin.as_deref() != Some("pgoutput") {
             return Err(CdcError::Setup(format!(
                 "replication slot {slot:?} already exists with {} plugin {:?}, not pgoutput: choose another --slot, or drop it with SELECT pg_drop_replication_slot({})",
@@ -166,7 +172,10 @@ pub async fn resolve_tables(client: &Client, capture: &Capture) -> Result<Vec<Ta
                 .await?;
             Ok(rows
                 .iter()
-                .map(|r| TableName { schema: r.get(0), name: r.get(1) })
+                .map(|r| TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                })
                 .collect())
         }
     }
@@ -180,11 +189,22 @@ pub enum PublicationChange {
 }
 
 /// Makes the publication hold exactly `tables`.
-pub async fn ensure_publication(client: &Client, name: &str, tables: &[TableName]) -> Result<PublicationChange> {
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    tables: &[TableName],
+) -> Result<PublicationChange> {
     let existing = client
-        .query_opt("SELECT puballtables FROM pg_publication WHERE pubname = $1", &[&name])
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&name],
+        )
         .await?;
-    let list = tables.iter().map(TableName::quoted).collect::<Vec<_>>().join(", ");
+    let list = tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ");
     match existing {
         None => {
             let sql = if tables.is_empty() {
@@ -211,18 +231,37 @@ pub async fn ensure_publication(client: &Client, name: &str, tables: &[TableName
                 .await?;
             let current: Vec<TableName> = rows
                 .iter()
-                .map(|r| TableName { schema: r.get(0), name: r.get(1) })
+                .map(|r| TableName {
+                    schema: r.get(0),
+                    name: r.get(1),
+                })
                 .collect();
-            let add: Vec<String> = tables.iter().filter(|t| !current.contains(t)).map(TableName::quoted).collect();
-            let drop: Vec<String> = current.iter().filter(|t| !tables.contains(t)).map(TableName::quoted).collect();
+            let add: Vec<String> = tables
+                .iter()
+                .filter(|t| !current.contains(t))
+                .map(TableName::quoted)
+                .collect();
+            let drop: Vec<String> = current
+                .iter()
+                .filter(|t| !tables.contains(t))
+                .map(TableName::quoted)
+                .collect();
             if !add.is_empty() {
                 client
-                    .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(name), add.join(", ")))
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} ADD TABLE {}",
+                        quote_ident(name),
+                        add.join(", ")
+                    ))
                     .await?;
             }
             if !drop.is_empty() {
                 client
-                    .batch_execute(&format!("ALTER PUBLICATION {} DROP TABLE {}", quote_ident(name), drop.join(", ")))
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} DROP TABLE {}",
+                        quote_ident(name),
+                        drop.join(", ")
+                    ))
                     .await?;
             }
             Ok(PublicationChange::Existing)
@@ -233,28 +272,42 @@ pub async fn ensure_publication(client: &Client, name: &str, tables: &[TableName
 /// Creates the slot if missing. Returns whether it was created now.
 pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool> {
     let exists = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await?
         .is_some();
     if exists {
         return Ok(false);
     }
     client
-        .execute("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", &[&slot])
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[&slot],
+        )
         .await?;
     Ok(true)
 }
 
 /// Full preparation: checks, then publication, then slot; undoes a publication
 /// it created if the slot cannot be made.
-pub async fn prepare(client: &Client, slot: &str, publication: &str, capture: &Capture) -> Result<Vec<TableName>> {
+pub async fn prepare(
+    client: &Client,
+    slot: &str,
+    publication: &str,
+    capture: &Capture,
+) -> Result<Vec<TableName>> {
     preflight(client, slot).await?;
     let tables = resolve_tables(client, capture).await?;
     let change = ensure_publication(client, publication, &tables).await?;
     if let Err(e) = ensure_slot(client, slot).await {
         if change == PublicationChange::Created {
             let _ = client
-                .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+                .batch_execute(&format!(
+                    "DROP PUBLICATION IF EXISTS {}",
+                    quote_ident(publication)
+                ))
                 .await;
         }
         return Err(e);
@@ -297,7 +350,10 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<Option<SlotStatu
 /// Drops the slot and the publication (`pgtide slot drop`).
 pub async fn drop_slot(client: &Client, slot: &str, publication: &str) -> Result<bool> {
     let existed = client
-        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
         .await?
         .is_some();
     if existed {
@@ -312,7 +368,10 @@ pub async fn drop_slot(client: &Client, slot: &str, publication: &str) -> Result
             })?;
     }
     client
-        .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+        .batch_execute(&format!(
+            "DROP PUBLICATION IF EXISTS {}",
+            quote_ident(publication)
+        ))
         .await?;
     Ok(existed)
 }
@@ -328,7 +387,10 @@ mod tests {
         let Capture::Tables(t) = Capture::parse("public.orders, users,audit.log").unwrap() else {
             panic!("expected tables");
         };
-        assert_eq!(t.iter().map(ToString::to_string).collect::<Vec<_>>(), ["public.orders", "public.users", "audit.log"]);
+        assert_eq!(
+            t.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["public.orders", "public.users", "audit.log"]
+        );
         assert!(Capture::parse("a.b.c").is_err());
         assert!(Capture::parse(".x").is_err());
     }

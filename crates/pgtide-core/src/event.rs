@@ -61,7 +61,12 @@ pub struct NewEvent {
 
 impl NewEvent {
     /// An event with a fresh id stamped now, empty attributes and meta.
-    pub fn new(topic: impl Into<String>, event_type: impl Into<String>, source: EventSource, data: Value) -> NewEvent {
+    pub fn new(
+        topic: impl Into<String>,
+        event_type: impl Into<String>,
+        source: EventSource,
+        data: Value,
+    ) -> NewEvent {
         NewEvent {
             id: ulid::Ulid::new(),
             topic: topic.into(),
@@ -133,14 +138,28 @@ mod tests {
 
     #[test]
     fn ts_has_exactly_three_fractional_digits_in_utc() {
-        assert_eq!(format_ts(datetime!(2026-03-04 12:00:00 UTC)), "2026-03-04T12:00:00.000Z");
-        assert_eq!(format_ts(datetime!(2026-03-04 12:00:00.123456 UTC)), "2026-03-04T12:00:00.123Z");
-        assert_eq!(format_ts(datetime!(2026-03-04 13:00:00.5 +01:00)), "2026-03-04T12:00:00.500Z");
+        assert_eq!(
+            format_ts(datetime!(2026-03-04 12:00:00 UTC)),
+            "2026-03-04T12:00:00.000Z"
+        );
+        assert_eq!(
+            format_ts(datetime!(2026-03-04 12:00:00.123456 UTC)),
+            "2026-03-04T12:00:00.123Z"
+        );
+        assert_eq!(
+            format_ts(datetime!(2026-03-04 13:00:00.5 +01:00)),
+            "2026-03-04T12:00:00.500Z"
+        );
     }
 
     #[test]
     fn envelope_serializes_with_contract_names() {
-        let mut e = NewEvent::new("custom.x", "custom.x", EventSource::Http, serde_json::json!({"a": 1}));
+        let mut e = NewEvent::new(
+            "custom.x",
+            "custom.x",
+            EventSource::Http,
+            serde_json::json!({"a": 1}),
+        );
         e.ts = datetime!(2026-03-04 12:00:00 UTC);
         let json = serde_json::to_value(e.with_seq(7)).unwrap();
         let obj = json.as_object().unwrap();
@@ -148,7 +167,19 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["attributes", "correlation_id", "data", "id", "meta", "org_id", "seq", "source", "topic", "ts", "type"]
+            [
+                "attributes",
+                "correlation_id",
+                "data",
+                "id",
+                "meta",
+                "org_id",
+                "seq",
+                "source",
+                "topic",
+                "ts",
+                "type"
+            ]
         );
         assert_eq!(obj["type"], "custom.x");
         assert_eq!(obj["source"], "http");

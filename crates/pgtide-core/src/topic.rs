@@ -13,8 +13,14 @@ pub enum TopicError {
     Empty,
     #[error("{0:?} has an empty segment (two dots in a row, or a dot at an end)")]
     EmptySegment(String),
-    #[error("{text:?} has {ch:?} in segment {segment:?}; segments may hold only letters, digits, '_' and '-'")]
-    BadCharacter { text: String, segment: String, ch: char },
+    #[error(
+        "{text:?} has {ch:?} in segment {segment:?}; segments may hold only letters, digits, '_' and '-'"
+    )]
+    BadCharacter {
+        text: String,
+        segment: String,
+        ch: char,
+    },
     #[error("{0:?}: wildcards are not allowed in a topic name, only in subscription patterns")]
     Wildcard(String),
     #[error("{0:?}: '**' is allowed only as the last segment")]
@@ -91,7 +97,10 @@ impl Pattern {
                 }
             });
         }
-        Ok(Pattern { text: dotted, segments })
+        Ok(Pattern {
+            text: dotted,
+            segments,
+        })
     }
 
     /// The dotted text of the pattern.
@@ -190,7 +199,11 @@ mod tests {
         let by_fn = p.matches(topic);
         // The SQL form must agree with the in-memory matcher.
         let re = p.to_sql_regex();
-        assert_eq!(by_fn, regex_lite_match(&re, topic), "{pattern} vs {topic} ({re})");
+        assert_eq!(
+            by_fn,
+            regex_lite_match(&re, topic),
+            "{pattern} vs {topic} ({re})"
+        );
         by_fn
     }
 
@@ -237,20 +250,38 @@ mod tests {
             Pattern::parse("a.**.b").unwrap_err(),
             TopicError::DoubleStarNotLast("a.**.b".into())
         );
-        assert!(matches!(Pattern::parse("a..b"), Err(TopicError::EmptySegment(_))));
+        assert!(matches!(
+            Pattern::parse("a..b"),
+            Err(TopicError::EmptySegment(_))
+        ));
         assert!(matches!(Pattern::parse(""), Err(TopicError::Empty)));
-        assert!(matches!(Pattern::parse("a.b c"), Err(TopicError::BadCharacter { ch: ' ', .. })));
-        assert!(matches!(Pattern::parse("a.*x"), Err(TopicError::BadCharacter { ch: '*', .. })));
+        assert!(matches!(
+            Pattern::parse("a.b c"),
+            Err(TopicError::BadCharacter { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            Pattern::parse("a.*x"),
+            Err(TopicError::BadCharacter { ch: '*', .. })
+        ));
         assert!(matches!(Topic::parse("a.*"), Err(TopicError::Wildcard(_))));
-        assert!(matches!(Topic::parse("a."), Err(TopicError::EmptySegment(_))));
-        assert!(matches!(Topic::parse(&"a".repeat(300)), Err(TopicError::TooLong(_, 300))));
+        assert!(matches!(
+            Topic::parse("a."),
+            Err(TopicError::EmptySegment(_))
+        ));
+        assert!(matches!(
+            Topic::parse(&"a".repeat(300)),
+            Err(TopicError::TooLong(_, 300))
+        ));
         let err = Topic::parse("orders.$x").unwrap_err().to_string();
         assert!(err.contains("'$'") && err.contains("\"$x\""), "{err}");
     }
 
     #[test]
     fn slashes_read_as_dots() {
-        assert_eq!(Topic::parse("tables/users/insert").unwrap().as_str(), "tables.users.insert");
+        assert_eq!(
+            Topic::parse("tables/users/insert").unwrap().as_str(),
+            "tables.users.insert"
+        );
         assert_eq!(Pattern::parse("jobs/**").unwrap().as_str(), "jobs.**");
         assert!(Pattern::parse("**").unwrap().matches_all());
     }

@@ -17,7 +17,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: Vec::new() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Vec::new(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -38,16 +43,25 @@ impl From<pgtide_store::StoreError> for ApiError {
     fn from(e: pgtide_store::StoreError) -> Self {
         tracing::error!(error = %e, "store error in API request");
         if e.is_retryable() {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the event store is unavailable; try again")
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the event store is unavailable; try again",
+            )
         } else {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
+        let body =
+            json!({"error": {"code": self.code, "message": self.message, "details": self.details}});
         (self.status, Json(body)).into_response()
     }
 }

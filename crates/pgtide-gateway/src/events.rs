@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::{AppState, ApiError};
+use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/events", get(query_events).post(publish_event))
@@ -49,7 +49,9 @@ pub struct PublishResponse {
 
 /// Reads a JSON body, answering 413 past the size limit and 400 with the
 /// parser's line and column for anything malformed.
-pub fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -61,14 +63,16 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesReject
             ApiError::bad_request(e.body_text())
         }
     })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// A well-formed event type: dot-separated words, like a topic.
 fn check_event_type(event_type: &str) -> Result<(), ApiError> {
-    Topic::parse(event_type)
-        .map(|_| ())
-        .map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")).with_details(vec![json!({"field": "event_type"})]))
+    Topic::parse(event_type).map(|_| ()).map_err(|e| {
+        ApiError::bad_request(format!("invalid event_type: {e}"))
+            .with_details(vec![json!({"field": "event_type"})])
+    })
 }
 
 async fn publish_event(
@@ -78,11 +82,19 @@ async fn publish_event(
     let req: PublishRequest = json_body(body)?;
     check_event_type(&req.event_type)?;
     let topic = match &req.topic {
-        Some(t) => Topic::parse(t)
-            .map_err(|e| ApiError::bad_request(format!("invalid topic: {e}")).with_details(vec![json!({"field": "topic"})]))?,
-        None => Topic::parse(&req.event_type).map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")))?,
+        Some(t) => Topic::parse(t).map_err(|e| {
+            ApiError::bad_request(format!("invalid topic: {e}"))
+                .with_details(vec![json!({"field": "topic"})])
+        })?,
+        None => Topic::parse(&req.event_type)
+            .map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")))?,
     };
-    let mut event = NewEvent::new(topic.into_string(), req.event_type, EventSource::Http, req.data);
+    let mut event = NewEvent::new(
+        topic.into_string(),
+        req.event_type,
+        EventSource::Http,
+        req.data,
+    );
     event.correlation_id = req.correlation_id;
     event.attributes = req.attributes;
     event.org_id = req.org_id;
@@ -92,11 +104,20 @@ async fn publish_event(
         event.meta = meta;
     }
     let stored = state.store.publish(vec![event]).await?;
-    let e = stored
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))?;
-    Ok(Json(PublishResponse { event_id: e.id, event_type: e.event_type, timestamp: e.ts, topic: e.topic, seq: e.seq }))
+    let e = stored.into_iter().next().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })?;
+    Ok(Json(PublishResponse {
+        event_id: e.id,
+        event_type: e.event_type,
+        timestamp: e.ts,
+        topic: e.topic,
+        seq: e.seq,
+    }))
 }
 
 /// The query string of `GET /v1/events`.
@@ -118,14 +139,21 @@ pub struct EventsPage {
 }
 
 fn comma_list(text: Option<&str>) -> Vec<&str> {
-    text.map(|t| t.split(',').map(str::trim).filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default()
+    text.map(|t| {
+        t.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn parse_time(field: &str, text: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     text.map(|t| {
         OffsetDateTime::parse(t, &Rfc3339).map_err(|e| {
-            ApiError::bad_request(format!("{field}={t:?} is not an RFC 3339 time like 2026-03-04T12:00:00Z: {e}"))
+            ApiError::bad_request(format!(
+                "{field}={t:?} is not an RFC 3339 time like 2026-03-04T12:00:00Z: {e}"
+            ))
         })
     })
     .transpose()
@@ -136,18 +164,28 @@ impl EventsParams {
     pub fn to_query(&self) -> Result<EventQuery, ApiError> {
         let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
-            return Err(ApiError::bad_request(format!("limit={limit} is out of range: use 1 to 1000")));
+            return Err(ApiError::bad_request(format!(
+                "limit={limit} is out of range: use 1 to 1000"
+            )));
         }
         if let Some(after) = self.after_seq
             && after < 0
         {
-            return Err(ApiError::bad_request(format!("after_seq={after} must not be negative")));
+            return Err(ApiError::bad_request(format!(
+                "after_seq={after} must not be negative"
+            )));
         }
         let topics = comma_list(self.topics.as_deref())
             .into_iter()
-            .map(|p| Pattern::parse(p).map_err(|e| ApiError::bad_request(format!("invalid topic pattern: {e}"))))
+            .map(|p| {
+                Pattern::parse(p)
+                    .map_err(|e| ApiError::bad_request(format!("invalid topic pattern: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let event_types = comma_list(self.event_types.as_deref()).into_iter().map(str::to_owned).collect();
+        let event_types = comma_list(self.event_types.as_deref())
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         Ok(EventQuery {
             topics,
             event_types,
@@ -166,6 +204,13 @@ async fn query_events(
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let query = params.to_query()?;
     let events = state.store.query(&query).await?;
-    let next_after_seq = if events.len() as i64 == query.limit { events.last().map(|e| e.seq) } else { None };
-    Ok(Json(EventsPage { events, next_after_seq }))
+    let next_after_seq = if events.len() as i64 == query.limit {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(EventsPage {
+        events,
+        next_after_seq,
+    }))
 }

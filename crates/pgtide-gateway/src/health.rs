@@ -41,7 +41,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "retained_wal_bytes": cdc.slot.as_ref().map(|s| s.retained_wal_bytes),
         },
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body))
 }
 
@@ -50,14 +54,42 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let committed = *state.store.committed_seq().borrow();
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: i64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
-    gauge("pgtide_replication_streaming", "1 while the slot is streaming", "gauge", i64::from(cdc.streaming));
-    gauge("pgtide_cdc_events_stored_total", "Events the CDC pipeline stored", "counter", cdc.events_stored as i64);
-    gauge("pgtide_store_last_seq", "Highest seq this node has seen committed", "gauge", committed);
+    gauge(
+        "pgtide_replication_streaming",
+        "1 while the slot is streaming",
+        "gauge",
+        i64::from(cdc.streaming),
+    );
+    gauge(
+        "pgtide_cdc_events_stored_total",
+        "Events the CDC pipeline stored",
+        "counter",
+        cdc.events_stored as i64,
+    );
+    gauge(
+        "pgtide_store_last_seq",
+        "Highest seq this node has seen committed",
+        "gauge",
+        committed,
+    );
     if let Some(slot) = &cdc.slot {
-        gauge("pgtide_replication_lag_bytes", "WAL bytes after the slot's confirmed position", "gauge", slot.lag_bytes);
-        gauge("pgtide_replication_retained_wal_bytes", "WAL bytes the slot holds back", "gauge", slot.retained_wal_bytes);
+        gauge(
+            "pgtide_replication_lag_bytes",
+            "WAL bytes after the slot's confirmed position",
+            "gauge",
+            slot.lag_bytes,
+        );
+        gauge(
+            "pgtide_replication_retained_wal_bytes",
+            "WAL bytes the slot holds back",
+            "gauge",
+            slot.retained_wal_bytes,
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -66,7 +66,11 @@ impl ConnectError {
     /// know it, the fix.
     pub fn from_postgres(err: &tokio_postgres::Error, target: &str) -> ConnectError {
         if let Some(db) = err.as_db_error() {
-            return ConnectError::Postgres(explain_sqlstate(db.code().code(), db.message(), target));
+            return ConnectError::Postgres(explain_sqlstate(
+                db.code().code(),
+                db.message(),
+                target,
+            ));
         }
         let text = err.to_string();
         let source = std::error::Error::source(err)
@@ -77,7 +81,11 @@ impl ConnectError {
                 "cannot reach PostgreSQL at {target}: connection refused (is the server running, and are host and port right?)"
             ));
         }
-        ConnectError::Postgres(format!("cannot connect to PostgreSQL at {target}: {text} {source}").trim_end().to_owned())
+        ConnectError::Postgres(
+            format!("cannot connect to PostgreSQL at {target}: {text} {source}")
+                .trim_end()
+                .to_owned(),
+        )
     }
 }
 
@@ -87,7 +95,9 @@ pub fn explain_sqlstate(code: &str, message: &str, target: &str) -> String {
         "28P01" | "28000" => format!(
             "PostgreSQL at {target} refused the login: {message} (check the user and password in --database-url)"
         ),
-        "3D000" => format!("{message} at {target} (create it, or fix the database name in --database-url)"),
+        "3D000" => {
+            format!("{message} at {target} (create it, or fix the database name in --database-url)")
+        }
         "42501" => format!(
             "permission denied: {message} (the user needs the REPLICATION attribute: ALTER ROLE <user> WITH REPLICATION, and CREATE on the database)"
         ),
@@ -238,9 +248,10 @@ impl PgConfig {
                 .with_no_client_auth(),
             SslMode::VerifyCa | SslMode::VerifyFull => {
                 let roots = Arc::new(self.root_store()?);
-                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-                    .build()
-                    .map_err(|e| ConnectError::Tls(e.to_string()))?;
+                let webpki =
+                    rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+                        .build()
+                        .map_err(|e| ConnectError::Tls(e.to_string()))?;
                 let verifier: Arc<dyn ServerCertVerifier> = if self.ssl_mode == SslMode::VerifyCa {
                     Arc::new(ChainOnly(webpki))
                 } else {
@@ -433,7 +444,10 @@ mod tests {
 
     #[test]
     fn takes_sslmode_out_of_urls() {
-        let cfg = PgConfig::parse("postgres://u:p@db.example:6543/app?sslmode=verify-full&connect_timeout=5").unwrap();
+        let cfg = PgConfig::parse(
+            "postgres://u:p@db.example:6543/app?sslmode=verify-full&connect_timeout=5",
+        )
+        .unwrap();
         assert_eq!(cfg.ssl_mode(), SslMode::VerifyFull);
         assert_eq!(cfg.user(), "u");
         assert_eq!(cfg.port(), 6543);

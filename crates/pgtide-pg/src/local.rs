@@ -76,10 +76,14 @@ impl LocalPostgres {
 
     /// Starts a server on `data_dir`, creating the cluster if the directory
     /// holds none, on a free port.
-    pub async fn start(data_dir: &Path, options: &LocalOptions) -> Result<LocalPostgres, LocalError> {
+    pub async fn start(
+        data_dir: &Path,
+        options: &LocalOptions,
+    ) -> Result<LocalPostgres, LocalError> {
         let bin_dir = Self::bin_dir()?;
         let io = |what: &str, e: std::io::Error| LocalError::Io(format!("{what}: {e}"));
-        std::fs::create_dir_all(data_dir).map_err(|e| io(&format!("creating {}", data_dir.display()), e))?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| io(&format!("creating {}", data_dir.display()), e))?;
         let data_dir = data_dir
             .canonicalize()
             .map_err(|e| io(&format!("resolving {}", data_dir.display()), e))?;
@@ -92,13 +96,23 @@ impl LocalPostgres {
             initdb
                 .arg("-D")
                 .arg(&data_dir)
-                .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
             as_user(&mut initdb, &run_as);
             let out = initdb.output().await.map_err(|e| io("running initdb", e))?;
             if !out.status.success() {
-                return Err(LocalError::Initdb(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+                return Err(LocalError::Initdb(
+                    String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+                ));
             }
         }
         let port = free_port().map_err(|e| io("finding a free port", e))?;
@@ -133,11 +147,17 @@ impl LocalPostgres {
                     tail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
                 });
             }
-            if tokio_postgres::connect(&url, tokio_postgres::NoTls).await.is_ok() {
+            if tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(LocalError::Timeout { seconds: 60, log: log.display().to_string() });
+                return Err(LocalError::Timeout {
+                    seconds: 60,
+                    log: log.display().to_string(),
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -158,7 +178,10 @@ impl LocalPostgres {
 
     /// A libpq URL for `dbname` as the superuser `postgres`.
     pub fn url(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable", self.port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{dbname}?sslmode=disable",
+            self.port
+        )
     }
 
     /// Fast shutdown (SIGINT), waiting for the server to exit.
@@ -183,9 +206,14 @@ impl LocalPostgres {
             .append(true)
             .open(&log)
             .map_err(|e| io("opening the server log", e))?;
-        let stderr = log_file.try_clone().map_err(|e| io("opening the server log", e))?;
+        let stderr = log_file
+            .try_clone()
+            .map_err(|e| io("opening the server log", e))?;
         let mut cmd = Command::new(self.bin_dir.join("postgres"));
-        cmd.arg("-D").arg(&self.data_dir).arg("-p").arg(self.port.to_string());
+        cmd.arg("-D")
+            .arg(&self.data_dir)
+            .arg("-p")
+            .arg(self.port.to_string());
         let mut settings = vec![
             ("listen_addresses", "127.0.0.1"),
             ("unix_socket_directories", ""),
@@ -195,7 +223,11 @@ impl LocalPostgres {
             ("max_connections", "200"),
         ];
         if self.options.fast_unsafe {
-            settings.extend([("fsync", "off"), ("synchronous_commit", "off"), ("full_page_writes", "off")]);
+            settings.extend([
+                ("fsync", "off"),
+                ("synchronous_commit", "off"),
+                ("full_page_writes", "off"),
+            ]);
         }
         for (k, v) in settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
@@ -203,7 +235,10 @@ impl LocalPostgres {
         for (k, v) in &self.options.settings {
             cmd.arg("-c").arg(format!("{k}={v}"));
         }
-        cmd.stdin(Stdio::null()).stdout(log_file).stderr(stderr).kill_on_drop(true);
+        cmd.stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(stderr)
+            .kill_on_drop(true);
         as_user(&mut cmd, &run_as);
         self.child = Some(cmd.spawn().map_err(|e| io("starting postgres", e))?);
         Ok(())
@@ -214,7 +249,10 @@ impl LocalPostgres {
             if let Some(pid) = child.id() {
                 let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
             }
-            if tokio::time::timeout(Duration::from_secs(30), child.wait()).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(30), child.wait())
+                .await
+                .is_err()
+            {
                 let _ = child.kill().await;
             }
         }
@@ -238,7 +276,10 @@ fn run_as_user() -> Result<Option<OsUser>, LocalError> {
                 "running as root, and there is no `postgres` OS user to run PostgreSQL as (create one, or run as a normal user)".into(),
             )
         })?;
-    Ok(Some(OsUser { uid: user.uid, gid: user.gid }))
+    Ok(Some(OsUser {
+        uid: user.uid,
+        gid: user.gid,
+    }))
 }
 
 fn as_user(cmd: &mut Command, user: &Option<OsUser>) {
@@ -248,7 +289,12 @@ fn as_user(cmd: &mut Command, user: &Option<OsUser>) {
 }
 
 fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), LocalError> {
-    let err = |e: nix::Error| LocalError::Io(format!("giving {} to the postgres user: {e}", dir.display()));
+    let err = |e: nix::Error| {
+        LocalError::Io(format!(
+            "giving {} to the postgres user: {e}",
+            dir.display()
+        ))
+    };
     chown(dir, Some(user.uid), Some(user.gid)).map_err(err)?;
     // initdb wants the data directory to be 0700 and owned by the server's user.
     use std::os::unix::fs::PermissionsExt;

@@ -35,10 +35,7 @@ pub enum ReplicationError {
     #[error("replication connection I/O error: {0}")]
     Io(#[from] io::Error),
     #[error("{message}")]
-    Server {
-        code: String,
-        message: String,
-    },
+    Server { code: String, message: String },
     #[error("replication protocol error: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -54,8 +51,10 @@ impl ReplicationError {
             ReplicationError::Server { code, .. } => {
                 // admin shutdown, crash shutdown, cannot connect now, too many connections,
                 // slot in use by another walsender (a previous pgtide still shutting down).
-                matches!(code.as_str(), "57P01" | "57P02" | "57P03" | "53300" | "55006")
-                    || code.starts_with("08")
+                matches!(
+                    code.as_str(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "55006"
+                ) || code.starts_with("08")
             }
             ReplicationError::Protocol(_) | ReplicationError::Setup(_) => false,
         }
@@ -85,7 +84,11 @@ impl AsyncRead for Socket {
 }
 
 impl AsyncWrite for Socket {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
@@ -147,10 +150,15 @@ impl ReplicationConnection {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.unwrap_or_else(|| ReplicationError::Setup("no host in the database URL".into())))
+        Err(last_err
+            .unwrap_or_else(|| ReplicationError::Setup("no host in the database URL".into())))
     }
 
-    async fn connect_host(config: &PgConfig, host: &Host, target: &str) -> Result<ReplicationConnection> {
+    async fn connect_host(
+        config: &PgConfig,
+        host: &Host,
+        target: &str,
+    ) -> Result<ReplicationConnection> {
         let port = config.port();
         let socket = match host {
             Host::Tcp(name) => {
@@ -184,7 +192,12 @@ impl ReplicationConnection {
         Ok(conn)
     }
 
-    async fn start_tls(config: &PgConfig, mut tcp: TcpStream, host: &str, optional: bool) -> Result<Socket> {
+    async fn start_tls(
+        config: &PgConfig,
+        mut tcp: TcpStream,
+        host: &str,
+        optional: bool,
+    ) -> Result<Socket> {
         let mut buf = BytesMut::new();
         frontend::ssl_request(&mut buf);
         tcp.write_all(&buf).await?;
@@ -205,7 +218,9 @@ impl ReplicationConnection {
         let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
             .connect(name, tcp)
             .await
-            .map_err(|e| ReplicationError::Setup(format!("TLS handshake with {host} failed: {e}")))?;
+            .map_err(|e| {
+                ReplicationError::Setup(format!("TLS handshake with {host} failed: {e}"))
+            })?;
         Ok(Socket::Tls(Box::new(stream)))
     }
 
@@ -253,7 +268,8 @@ impl ReplicationConnection {
                     }
                     if !has_scram {
                         return Err(ReplicationError::Setup(
-                            "the server offers no SASL mechanism pgtide supports (SCRAM-SHA-256)".into(),
+                            "the server offers no SASL mechanism pgtide supports (SCRAM-SHA-256)"
+                                .into(),
                         ));
                     }
                     let password = self.password(config)?;
@@ -263,17 +279,17 @@ impl ReplicationConnection {
                     scram = Some(s);
                 }
                 Frame::Other(Message::AuthenticationSaslContinue(body)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| ReplicationError::Protocol("SASL continue before start".into()))?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Protocol("SASL continue before start".into())
+                    })?;
                     s.update(body.data())?;
                     frontend::sasl_response(s.message(), &mut self.write)?;
                     self.flush().await?;
                 }
                 Frame::Other(Message::AuthenticationSaslFinal(body)) => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| ReplicationError::Protocol("SASL final before start".into()))?;
+                    let s = scram.as_mut().ok_or_else(|| {
+                        ReplicationError::Protocol("SASL final before start".into())
+                    })?;
                     s.finish(body.data())?;
                 }
                 Frame::Other(Message::ParameterStatus(_))
@@ -323,7 +339,10 @@ impl ReplicationConnection {
         if !hint.is_empty() {
             text.push_str(&format!(" hint: {hint}"));
         }
-        ReplicationError::Server { code, message: text }
+        ReplicationError::Server {
+            code,
+            message: text,
+        }
     }
 
     async fn flush(&mut self) -> Result<()> {
@@ -352,7 +371,8 @@ impl ReplicationConnection {
         if self.read.len() < 5 {
             return false;
         }
-        let len = u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
+        let len =
+            u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
         self.read.len() > len
     }
 
@@ -361,9 +381,12 @@ impl ReplicationConnection {
             return Ok(None);
         }
         let tag = self.read[0];
-        let len = u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
+        let len =
+            u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
         if len < 4 {
-            return Err(ReplicationError::Protocol(format!("invalid message length {len}")));
+            return Err(ReplicationError::Protocol(format!(
+                "invalid message length {len}"
+            )));
         }
         if self.read.len() < len + 1 {
             self.read.reserve(len + 1 - self.read.len());
@@ -403,7 +426,9 @@ impl ReplicationConnection {
                     }
                     rows.push(values);
                 }
-                Frame::Other(Message::ErrorResponse(body)) => error = Some(self.server_error(body.fields())),
+                Frame::Other(Message::ErrorResponse(body)) => {
+                    error = Some(self.server_error(body.fields()))
+                }
                 Frame::Other(Message::ReadyForQuery(_)) => break,
                 Frame::CopyBoth => {
                     return Err(ReplicationError::Protocol(
@@ -425,9 +450,9 @@ impl ReplicationConnection {
             .first()
             .ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
         let field = |i: usize| row.get(i).cloned().flatten();
-        let xlog_pos = field(2)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no xlogpos".into()))?;
+        let xlog_pos = field(2).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            ReplicationError::Protocol("IDENTIFY_SYSTEM returned no xlogpos".into())
+        })?;
         Ok(SystemIdentity {
             system_id: field(0).unwrap_or_default(),
             timeline: field(1).and_then(|s| s.parse().ok()).unwrap_or(0),
@@ -458,7 +483,8 @@ impl ReplicationConnection {
                     let err = self.server_error(body.fields());
                     return Err(err);
                 }
-                Frame::Other(Message::NoticeResponse(_)) | Frame::Other(Message::ParameterStatus(_)) => {}
+                Frame::Other(Message::NoticeResponse(_))
+                | Frame::Other(Message::ParameterStatus(_)) => {}
                 _ => {
                     return Err(ReplicationError::Protocol(
                         "unexpected reply to START_REPLICATION".into(),
@@ -474,7 +500,11 @@ impl ReplicationConnection {
 #[derive(Debug, Clone)]
 pub enum ReplicationMessage {
     /// A chunk of decoded WAL: one pgoutput message in `data`.
-    XLogData { wal_start: Lsn, wal_end: Lsn, data: Bytes },
+    XLogData {
+        wal_start: Lsn,
+        wal_end: Lsn,
+        data: Bytes,
+    },
     /// The server's heartbeat; `reply_requested` means answer now or be dropped.
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
@@ -498,12 +528,18 @@ impl ReplicationStream {
                     match kind {
                         b'w' => {
                             if data.len() < 24 {
-                                return Err(ReplicationError::Protocol("short XLogData header".into()));
+                                return Err(ReplicationError::Protocol(
+                                    "short XLogData header".into(),
+                                ));
                             }
                             let wal_start = Lsn(data.get_u64());
                             let wal_end = Lsn(data.get_u64());
                             let _server_time = data.get_i64();
-                            return Ok(ReplicationMessage::XLogData { wal_start, wal_end, data });
+                            return Ok(ReplicationMessage::XLogData {
+                                wal_start,
+                                wal_end,
+                                data,
+                            });
                         }
                         b'k' => {
                             if data.len() < 17 {
@@ -512,7 +548,10 @@ impl ReplicationStream {
                             let wal_end = Lsn(data.get_u64());
                             let _server_time = data.get_i64();
                             let reply_requested = data.get_u8() == 1;
-                            return Ok(ReplicationMessage::Keepalive { wal_end, reply_requested });
+                            return Ok(ReplicationMessage::Keepalive {
+                                wal_end,
+                                reply_requested,
+                            });
                         }
                         other => {
                             return Err(ReplicationError::Protocol(format!(
@@ -530,7 +569,8 @@ impl ReplicationStream {
                         "the server ended the replication stream",
                     )));
                 }
-                Frame::Other(Message::NoticeResponse(_)) | Frame::Other(Message::ParameterStatus(_)) => {}
+                Frame::Other(Message::NoticeResponse(_))
+                | Frame::Other(Message::ParameterStatus(_)) => {}
                 _ => {
                     return Err(ReplicationError::Protocol(
                         "unexpected message in the replication stream".into(),
@@ -615,9 +655,15 @@ mod tests {
     fn only_connection_failures_are_retryable() {
         let io = ReplicationError::Io(io::Error::new(io::ErrorKind::ConnectionReset, "x"));
         assert!(io.is_retryable());
-        let shutdown = ReplicationError::Server { code: "57P01".into(), message: String::new() };
+        let shutdown = ReplicationError::Server {
+            code: "57P01".into(),
+            message: String::new(),
+        };
         assert!(shutdown.is_retryable());
-        let auth = ReplicationError::Server { code: "28P01".into(), message: String::new() };
+        let auth = ReplicationError::Server {
+            code: "28P01".into(),
+            message: String::new(),
+        };
         assert!(!auth.is_retryable());
     }
 }

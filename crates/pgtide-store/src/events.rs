@@ -21,7 +21,8 @@ pub struct StoredBatch {
     pub last_seq: i64,
 }
 
-const COLUMNS: &str = "seq, id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta";
+const COLUMNS: &str =
+    "seq, id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta";
 
 /// Takes `n` numbers from the counter. The row lock it takes is held until the
 /// caller's transaction ends, which is what keeps commits in `seq` order.
@@ -51,7 +52,10 @@ pub async fn insert_batch(
     } else {
         let first = reserve_seq(&tx, events.len()).await?;
         copy_events(&tx, events, first).await?;
-        Some(StoredBatch { first_seq: first, last_seq: first + events.len() as i64 - 1 })
+        Some(StoredBatch {
+            first_seq: first,
+            last_seq: first + events.len() as i64 - 1,
+        })
     };
     if let Some((slot, relations, progress)) = cdc {
         for rel in relations {
@@ -65,7 +69,11 @@ pub async fn insert_batch(
     Ok(batch)
 }
 
-async fn copy_events(tx: &tokio_postgres::Transaction<'_>, events: &[NewEvent], first_seq: i64) -> Result<()> {
+async fn copy_events(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[NewEvent],
+    first_seq: i64,
+) -> Result<()> {
     let sink = tx
         .copy_in(&format!("COPY pgtide.events ({COLUMNS}) FROM STDIN BINARY"))
         .await?;
@@ -239,7 +247,10 @@ impl Store {
     pub async fn seq_of(&self, id: ulid::Ulid) -> Result<Option<i64>> {
         let client = self.pool.get().await?;
         let row = client
-            .query_opt("SELECT seq FROM pgtide.events WHERE id = $1", &[&uuid::Uuid::from(id)])
+            .query_opt(
+                "SELECT seq FROM pgtide.events WHERE id = $1",
+                &[&uuid::Uuid::from(id)],
+            )
             .await?;
         Ok(row.map(|r| r.get(0)))
     }
@@ -303,10 +314,13 @@ impl EventQuery {
 fn event_from_row(row: &Row) -> Result<Event> {
     let id: uuid::Uuid = row.get("id");
     let source: String = row.get("source");
-    let source: EventSource = serde_json::from_value(Value::String(source.clone()))
-        .map_err(|_| StoreError::Invalid(format!("unknown event source {source:?} in the store")))?;
+    let source: EventSource =
+        serde_json::from_value(Value::String(source.clone())).map_err(|_| {
+            StoreError::Invalid(format!("unknown event source {source:?} in the store"))
+        })?;
     let attributes: Value = row.get("attributes");
-    let attributes: BTreeMap<String, String> = serde_json::from_value(attributes).unwrap_or_default();
+    let attributes: BTreeMap<String, String> =
+        serde_json::from_value(attributes).unwrap_or_default();
     let meta: Value = row.get("meta");
     let meta = match meta {
         Value::Object(m) => m,

@@ -37,10 +37,16 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         match self {
             StoreError::Unavailable(_) => true,
-            StoreError::Query(e) => e.is_closed() || e.as_db_error().is_none_or(|db| {
-                let code = db.code().code();
-                code.starts_with("08") || code.starts_with("57P") || code == "40001" || code == "40P01"
-            }),
+            StoreError::Query(e) => {
+                e.is_closed()
+                    || e.as_db_error().is_none_or(|db| {
+                        let code = db.code().code();
+                        code.starts_with("08")
+                            || code.starts_with("57P")
+                            || code == "40001"
+                            || code == "40P01"
+                    })
+            }
             StoreError::Invalid(_) | StoreError::Migration { .. } => false,
         }
     }
@@ -75,7 +81,9 @@ impl Store {
         let manager = Manager::from_config(
             config_for_pool(config),
             tls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
         );
         let pool = Pool::builder(manager)
             .max_size(max_size)

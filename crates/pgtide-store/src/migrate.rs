@@ -5,7 +5,8 @@
 use crate::{Result, StoreError};
 
 /// The migrations in version order; compiled in so the binary is self-contained.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "events", include_str!("../../../sql/001_events.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "events", include_str!("../../../sql/001_events.sql"))];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.
 const MIGRATION_LOCK: i64 = 0x7067_7469_6465_0001;
@@ -33,7 +34,10 @@ async fn apply_missing(client: &mut tokio_postgres::Client) -> Result<Vec<i32>> 
              );",
         )
         .await
-        .map_err(|e| StoreError::Migration { version: 0, message: describe(&e) })?;
+        .map_err(|e| StoreError::Migration {
+            version: 0,
+            message: describe(&e),
+        })?;
     let applied: Vec<i32> = client
         .query("SELECT version FROM pgtide.schema_migrations", &[])
         .await?
@@ -48,7 +52,10 @@ async fn apply_missing(client: &mut tokio_postgres::Client) -> Result<Vec<i32>> 
         let tx = client.transaction().await?;
         tx.batch_execute(sql)
             .await
-            .map_err(|e| StoreError::Migration { version, message: describe(&e) })?;
+            .map_err(|e| StoreError::Migration {
+                version,
+                message: describe(&e),
+            })?;
         tx.execute(
             "INSERT INTO pgtide.schema_migrations (version, name) VALUES ($1, $2)",
             &[&version, &name],

@@ -44,7 +44,11 @@ pub async fn load(client: &impl GenericClient, slot: &str) -> Result<Option<CdcP
         .await?;
     Ok(row.and_then(|r| {
         let lsn: String = r.get(0);
-        Some(CdcProgress { slot: slot.to_owned(), commit_lsn: lsn.parse().ok()?, tx_pos: r.get(1) })
+        Some(CdcProgress {
+            slot: slot.to_owned(),
+            commit_lsn: lsn.parse().ok()?,
+            tx_pos: r.get(1),
+        })
     }))
 }
 
@@ -58,15 +62,26 @@ pub struct KnownRelation {
 
 pub async fn load_relations(client: &impl GenericClient, slot: &str) -> Result<Vec<KnownRelation>> {
     let rows = client
-        .query("SELECT relid, name, columns FROM pgtide.relations WHERE slot = $1", &[&slot])
+        .query(
+            "SELECT relid, name, columns FROM pgtide.relations WHERE slot = $1",
+            &[&slot],
+        )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| KnownRelation { relid: r.get(0), name: r.get(1), columns: r.get(2) })
+        .map(|r| KnownRelation {
+            relid: r.get(0),
+            name: r.get(1),
+            columns: r.get(2),
+        })
         .collect())
 }
 
-pub async fn save_relation(client: &impl GenericClient, slot: &str, rel: &KnownRelation) -> Result<()> {
+pub async fn save_relation(
+    client: &impl GenericClient,
+    slot: &str,
+    rel: &KnownRelation,
+) -> Result<()> {
     client
         .execute(
             "INSERT INTO pgtide.relations (slot, relid, name, columns) VALUES ($1, $2, $3, $4)

@@ -9,7 +9,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "pgtide", version, about = "Change feeds, events and webhooks from your own PostgreSQL")]
+#[command(
+    name = "pgtide",
+    version,
+    about = "Change feeds, events and webhooks from your own PostgreSQL"
+)]
 pub struct Cli {
     /// A TOML file with the same settings as the flags (e.g. `database_url = "…"`).
     #[arg(long, global = true, env = "PGTIDE_CONFIG")]
@@ -142,7 +146,8 @@ pub enum BenchWhich {
 
 /// `7d`, `12h`, `30s`, `500ms` (humantime, plus a bare `d` suffix).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{text:?} is not a duration like 7d, 12h or 30s: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 7d, 12h or 30s: {e}"))
 }
 
 impl DbArgs {
@@ -174,7 +179,11 @@ pub fn apply_config_file(path: &std::path::Path) -> anyhow::Result<()> {
     for (key, value) in table {
         let var = format!("PGTIDE_{}", key.to_uppercase().replace('-', "_"));
         let value = match value {
-            toml::Value::Array(items) => items.iter().map(scalar).collect::<anyhow::Result<Vec<_>>>()?.join(","),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(","),
             other => scalar(&other)?,
         };
         if std::env::var_os(&var).is_none() {

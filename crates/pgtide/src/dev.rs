@@ -15,7 +15,10 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let (url, local) = match &args.database_url {
         Some(url) => (url.clone(), None),
         None => {
-            eprintln!("starting a throwaway PostgreSQL in {} ...", args.data_dir.display());
+            eprintln!(
+                "starting a throwaway PostgreSQL in {} ...",
+                args.data_dir.display()
+            );
             let pg = LocalPostgres::start(&args.data_dir, &LocalOptions::default()).await?;
             (pg.url("postgres"), Some(pg))
         }
@@ -27,7 +30,12 @@ pub async fn run(args: DevArgs, shutdown: CancellationToken) -> anyhow::Result<(
     result
 }
 
-async fn serve(args: &DevArgs, url: &str, listener: tokio::net::TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn serve(
+    args: &DevArgs,
+    url: &str,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let source = PgConfig::parse(url)?;
     let client = source.connect().await?;
     client.batch_execute(DEMO_SQL).await?;
@@ -42,7 +50,10 @@ async fn serve(args: &DevArgs, url: &str, listener: tokio::net::TcpListener, shu
         max_batch: 5000,
         heartbeat: std::time::Duration::from_secs(10),
     };
-    let slot = SlotArgs { slot: "pgtide".into(), publication: "pgtide".into() };
+    let slot = SlotArgs {
+        slot: "pgtide".into(),
+        publication: "pgtide".into(),
+    };
     let running = server::start(&source, &source, &slot, &serve, listener, shutdown).await?;
     let api = format!("http://{}", running.addr);
     println!(

@@ -24,7 +24,10 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -81,9 +84,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             dev::run(args, shutdown).await
         }
         Command::Migrate(db) => server::migrate_only(&db).await,
-        Command::Slot { action: SlotAction::Status { db, slot } } => server::slot_status(&db, &slot).await,
-        Command::Slot { action: SlotAction::Drop { db, slot } } => server::slot_drop(&db, &slot).await,
-        Command::Bench { which: cli::BenchWhich::Cdc(args) } => bench::cdc(args).await,
+        Command::Slot {
+            action: SlotAction::Status { db, slot },
+        } => server::slot_status(&db, &slot).await,
+        Command::Slot {
+            action: SlotAction::Drop { db, slot },
+        } => server::slot_drop(&db, &slot).await,
+        Command::Bench {
+            which: cli::BenchWhich::Cdc(args),
+        } => bench::cdc(args).await,
     }
 }
 

@@ -21,7 +21,8 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let store = PgConfig::parse(&args.db.store_url()?)?;
     let listener = bind(args.serve.listen).await?;
     let running = start(&source, &store, &args.slot, &args.serve, listener, shutdown).await?;
-    tracing::info!(addr = %running.addr, "serving");
+    // One stable stdout line, so scripts (and the test harness) can find a port-0 address.
+    println!("pgtide listening on http://{}", running.addr);
     running.wait().await
 }
 
@@ -38,13 +39,17 @@ fn check_auth(serve: &ServeArgs) -> anyhow::Result<()> {
             "refusing to serve without authentication: pass --jwt-secret SECRET or --jwks FILE|URL, or --insecure-no-auth for local use"
         );
     }
-    tracing::warn!("--insecure-no-auth: every client may read and publish every event; do not expose this port");
+    tracing::warn!(
+        "--insecure-no-auth: every client may read and publish every event; do not expose this port"
+    );
     Ok(())
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr} (is another process using it? choose another with --listen)")
+        format!(
+            "cannot listen on {addr} (is another process using it? choose another with --listen)"
+        )
     })
 }
 
@@ -59,7 +64,12 @@ pub struct Running {
 impl Running {
     /// Runs until shutdown or a fatal pipeline error, then stops everything.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let Running { mut cdc, mut http, shutdown, .. } = self;
+        let Running {
+            mut cdc,
+            mut http,
+            shutdown,
+            ..
+        } = self;
         let result = tokio::select! {
             r = &mut cdc => {
                 shutdown.cancel();
@@ -112,12 +122,25 @@ pub async fn start(
         max_batch: serve.max_batch,
         heartbeat: serve.heartbeat,
     };
-    let cdc = tokio::spawn(pgtide_cdc::run(config, store.clone(), status_tx, shutdown.clone()));
+    let cdc = tokio::spawn(pgtide_cdc::run(
+        config,
+        store.clone(),
+        status_tx,
+        shutdown.clone(),
+    ));
     spawn_retention(store.clone(), serve.retention, shutdown.clone());
     let addr = listener.local_addr()?;
-    let state = AppState { store, cdc: status_rx };
+    let state = AppState {
+        store,
+        cdc: status_rx,
+    };
     let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));
-    Ok(Running { addr, cdc, http, shutdown })
+    Ok(Running {
+        addr,
+        cdc,
+        http,
+        shutdown,
+    })
 }
 
 fn warn_about_mappings(dir: &std::path::Path) {
@@ -125,7 +148,11 @@ fn warn_about_mappings(dir: &std::path::Path) {
         .into_iter()
         .flatten()
         .flatten()
-        .any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml"));
+        .any(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml")
+        });
     if has_yaml {
         tracing::warn!(dir = %dir.display(), "mapping files are not applied by this build; use --capture for default topics");
     }
@@ -171,7 +198,10 @@ pub async fn slot_status(db: &DbArgs, slot: &SlotArgs) -> anyhow::Result<()> {
         Some(s) => {
             println!("slot:               {}", s.slot);
             println!("active:             {}", s.active);
-            println!("confirmed position: {}", s.confirmed_flush_lsn.as_deref().unwrap_or("-"));
+            println!(
+                "confirmed position: {}",
+                s.confirmed_flush_lsn.as_deref().unwrap_or("-")
+            );
             println!("lag:                {} bytes", s.lag_bytes);
             println!("retained WAL:       {} bytes", s.retained_wal_bytes);
             Ok(())
@@ -187,9 +217,15 @@ pub async fn slot_drop(db: &DbArgs, slot: &SlotArgs) -> anyhow::Result<()> {
         let _ = pgtide_store::progress::forget(&store, &slot.slot).await;
     }
     if existed {
-        println!("dropped slot {:?} and publication {:?}", slot.slot, slot.publication);
+        println!(
+            "dropped slot {:?} and publication {:?}",
+            slot.slot, slot.publication
+        );
     } else {
-        println!("no slot {:?}; dropped publication {:?} if it existed", slot.slot, slot.publication);
+        println!(
+            "no slot {:?}; dropped publication {:?} if it existed",
+            slot.slot, slot.publication
+        );
     }
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 mod cdc;
 mod cli;
+mod dev;
 mod durability;
 mod harness;
 mod http;
+mod tls;

@@ -56,6 +56,7 @@ async fn serve(
     };
     let running = server::start(&source, &source, &slot, &serve, listener, shutdown).await?;
     let api = format!("http://{}", running.addr);
+    println!("pgtide listening on {api}");
     println!(
         "\npgtide dev is ready\n\
          \n  API:         {api}\

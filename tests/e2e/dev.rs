@@ -1,0 +1,93 @@
+//! `pgtide dev`: the zero-setup default works as its banner says.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::harness::WAIT;
+
+/// `pgtide dev` starts its own PostgreSQL, prints a curl that publishes an
+/// event, captures the demo tables, and SIGTERM stops the server it started.
+#[tokio::test]
+async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgtide"))
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("pg"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut banner = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            let done = line.starts_with("Ctrl-C");
+            banner.push(line);
+            if done {
+                break;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let text = banner.join("\n");
+    let api = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("API:"))
+        .map(|s| s.trim().to_owned())
+        .expect("banner names the API");
+    let pg_url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("PostgreSQL:"))
+        .map(|s| s.trim().to_owned())
+        .expect("banner names the database");
+    // The printed curl, run as printed (its line continuation joined).
+    let start = text.find("curl -s -X POST").expect("a publishing curl");
+    let curl: String = text[start..].lines().take(2).collect::<Vec<_>>().join("\n");
+    let out = Command::new("sh").arg("-c").arg(&curl).output().await?;
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(body["event_type"], "custom.hello", "{curl} -> {body}");
+    assert!(body["seq"].as_i64().is_some());
+
+    // The demo tables are captured.
+    let client = crate::harness::connect(&pg_url).await?;
+    client
+        .batch_execute("INSERT INTO orders (user_id, total) VALUES (1, 9.99)")
+        .await?;
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let page: serde_json::Value = http
+            .get(format!("{api}/v1/events?topics=tables.orders.insert"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if page["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            assert_eq!(page["events"][0]["data"]["total"], "9.99");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no CDC event from the demo schema"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(client);
+
+    let pid = child.id().expect("running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = tokio::time::timeout(WAIT, child.wait()).await??;
+    assert!(status.success(), "{status}");
+    // The throwaway server is gone with it.
+    assert!(
+        crate::harness::connect(&pg_url).await.is_err(),
+        "dev's PostgreSQL still running"
+    );
+    Ok(())
+}

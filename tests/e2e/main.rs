@@ -7,4 +7,5 @@ mod dev;
 mod durability;
 mod harness;
 mod http;
+mod registry;
 mod tls;

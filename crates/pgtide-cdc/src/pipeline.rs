@@ -18,7 +18,10 @@ use pgtide_core::NewEvent;
 use pgtide_pg::pgoutput::{self, PgOutput};
 use pgtide_pg::replication::{ReplicationConnection, ReplicationMessage};
 use pgtide_pg::{Lsn, PgConfig};
-use pgtide_store::{CdcProgress, KnownRelation, Store, StoreClient, progress};
+use pgtide_store::{
+    CdcProgress, CdcWrite, DeadLetter, DeadLetterKind, KnownRelation, SchemaCache, Store,
+    StoreClient, progress,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -96,6 +99,7 @@ pub async fn run(
 struct Batch {
     events: Vec<NewEvent>,
     relations: Vec<KnownRelation>,
+    dead_letters: Vec<DeadLetter>,
     progress: Option<CdcProgress>,
     /// The end LSN of the last complete transaction in the batch: the slot may
     /// be confirmed up to here once the batch is stored.
@@ -104,7 +108,10 @@ struct Batch {
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.events.is_empty() && self.relations.is_empty() && self.ack.is_none()
+        self.events.is_empty()
+            && self.relations.is_empty()
+            && self.dead_letters.is_empty()
+            && self.ack.is_none()
     }
 }
 
@@ -123,6 +130,8 @@ struct Reader<'a> {
     stored: Option<CdcProgress>,
     tx: Option<OpenTx>,
     pending: Batch,
+    schemas: SchemaCache,
+    store: Store,
 }
 
 async fn run_once(
@@ -169,7 +178,10 @@ async fn run_once(
         stored,
         tx: None,
         pending: Batch::default(),
+        schemas: store.schemas().clone(),
+        store: store.clone(),
     };
+    store.reload_schemas().await?;
     let mut heartbeat = tokio::time::interval(config.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut confirmed = Lsn::ZERO;
@@ -379,8 +391,28 @@ impl Reader<'_> {
         }
     }
 
+    /// Queues an event for the store, or, when its topic's schema rejects it,
+    /// a dead letter with the validator's messages.
     fn push(&mut self, event: NewEvent, pos: i32) {
-        self.pending.events.push(event);
+        match self.schemas.validate(&event.topic, &event.data) {
+            Ok(()) => self.pending.events.push(event),
+            Err(issues) => {
+                let error = issues
+                    .iter()
+                    .map(|i| format!("{} (at {:?})", i.message, i.pointer))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::warn!(topic = %event.topic, %error, "event rejected by its topic's schema; kept as a dead letter");
+                let topic = event.topic.clone();
+                let envelope = serde_json::to_value(event.with_seq(0)).unwrap_or(Value::Null);
+                self.pending.dead_letters.push(DeadLetter {
+                    kind: DeadLetterKind::Validation,
+                    topic: Some(topic),
+                    event: envelope,
+                    error,
+                });
+            }
+        }
         let commit_lsn = self.tx.as_ref().map_or(Lsn::ZERO, |t| t.ctx.commit_lsn);
         self.pending.progress = Some(CdcProgress {
             slot: self.config.slot.clone(),
@@ -406,6 +438,8 @@ impl Reader<'_> {
             .await?;
         let slot = slot_status(&self.source, &self.config.slot).await?;
         status.send_modify(|s| s.slot = slot);
+        // Schema changes made through other nodes reach this one here.
+        self.store.reload_schemas().await?;
         Ok(())
     }
 }
@@ -419,15 +453,16 @@ async fn write_batches(
     status: watch::Sender<CdcStatus>,
 ) -> Result<()> {
     while let Some(batch) = batches.recv().await {
-        if !batch.events.is_empty() || !batch.relations.is_empty() {
+        if !batch.events.is_empty() || !batch.relations.is_empty() || !batch.dead_letters.is_empty()
+        {
+            let write = CdcWrite {
+                slot: &slot,
+                relations: &batch.relations,
+                dead_letters: &batch.dead_letters,
+                progress: batch.progress.as_ref(),
+            };
             store
-                .insert_cdc_batch(
-                    &mut client,
-                    &slot,
-                    &batch.events,
-                    &batch.relations,
-                    batch.progress.as_ref(),
-                )
+                .insert_cdc_batch(&mut client, &batch.events, write)
                 .await?;
             let n = batch.events.len() as u64;
             status.send_modify(|s| s.events_stored += n);

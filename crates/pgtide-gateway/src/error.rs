@@ -33,6 +33,21 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 422 with each validator message and its JSON pointer.
+    pub fn invalid_payload(topic: &str, issues: Vec<pgtide_store::ValidationIssue>) -> ApiError {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            format!("data does not match the active schema of topic {topic:?}"),
+        )
+        .with_details(
+            issues
+                .into_iter()
+                .map(|i| json!({"message": i.message, "pointer": i.pointer}))
+                .collect(),
+        )
+    }
+
     pub fn with_details(mut self, details: Vec<Value>) -> ApiError {
         self.details = details;
         self
@@ -41,6 +56,22 @@ impl ApiError {
 
 impl From<pgtide_store::StoreError> for ApiError {
     fn from(e: pgtide_store::StoreError) -> Self {
+        use pgtide_store::StoreError as E;
+        match e {
+            E::NotFound(m) => return ApiError::not_found(m),
+            E::Conflict(m) => return ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            E::ReadOnly(m) => return ApiError::new(StatusCode::CONFLICT, "read_only", m),
+            E::Invalid(m) => return ApiError::bad_request(m),
+            E::Incompatible(reasons) => {
+                return ApiError::new(
+                    StatusCode::CONFLICT,
+                    "incompatible",
+                    "the schema is not compatible with the topic's current one",
+                )
+                .with_details(reasons.into_iter().map(|r| json!({"reason": r})).collect());
+            }
+            _ => {}
+        }
         tracing::error!(error = %e, "store error in API request");
         if e.is_retryable() {
             ApiError::new(

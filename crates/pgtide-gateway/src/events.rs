@@ -89,6 +89,9 @@ async fn publish_event(
         None => Topic::parse(&req.event_type)
             .map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")))?,
     };
+    if let Err(issues) = state.store.schemas().validate(topic.as_str(), &req.data) {
+        return Err(ApiError::invalid_payload(topic.as_str(), issues));
+    }
     let mut event = NewEvent::new(
         topic.into_string(),
         req.event_type,

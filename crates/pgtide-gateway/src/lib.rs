@@ -3,12 +3,14 @@
 //! - [`error`]: the one API error type and the contract's JSON error body.
 //! - [`events`]: `POST /v1/events` and `GET /v1/events`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
 //!
 //! [`serve`] takes a bound listener so tests can bind port 0.
 
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod registry;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +37,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::routes())
         .merge(events::routes())
+        .merge(registry::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

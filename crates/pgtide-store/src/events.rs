@@ -11,8 +11,18 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{GenericClient, Row};
 
+use crate::dead_letters::DeadLetter;
 use crate::progress::{CdcProgress, KnownRelation};
 use crate::{Result, Store, StoreClient, StoreError};
+
+/// What a CDC batch writes beside its events, in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct CdcWrite<'a> {
+    pub slot: &'a str,
+    pub relations: &'a [KnownRelation],
+    pub dead_letters: &'a [DeadLetter],
+    pub progress: Option<&'a CdcProgress>,
+}
 
 /// What one stored batch was given: `first_seq ..= last_seq`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +54,7 @@ async fn reserve_seq(tx: &impl GenericClient, n: usize) -> Result<i64> {
 pub async fn insert_batch(
     client: &mut tokio_postgres::Client,
     events: &[NewEvent],
-    cdc: Option<(&str, &[KnownRelation], Option<&CdcProgress>)>,
+    cdc: Option<CdcWrite<'_>>,
 ) -> Result<Option<StoredBatch>> {
     let tx = client.transaction().await?;
     let batch = if events.is_empty() {
@@ -57,11 +67,12 @@ pub async fn insert_batch(
             last_seq: first + events.len() as i64 - 1,
         })
     };
-    if let Some((slot, relations, progress)) = cdc {
-        for rel in relations {
-            crate::progress::save_relation(&tx, slot, rel).await?;
+    if let Some(cdc) = cdc {
+        for rel in cdc.relations {
+            crate::progress::save_relation(&tx, cdc.slot, rel).await?;
         }
-        if let Some(p) = progress {
+        crate::dead_letters::insert(&tx, cdc.dead_letters).await?;
+        if let Some(p) = cdc.progress {
             crate::progress::save(&tx, p).await?;
         }
     }
@@ -194,12 +205,10 @@ impl Store {
     pub async fn insert_cdc_batch(
         &self,
         client: &mut StoreClient,
-        slot: &str,
         events: &[NewEvent],
-        relations: &[KnownRelation],
-        progress: Option<&CdcProgress>,
+        cdc: CdcWrite<'_>,
     ) -> Result<Option<StoredBatch>> {
-        let batch = insert_batch(client, events, Some((slot, relations, progress))).await?;
+        let batch = insert_batch(client, events, Some(cdc)).await?;
         if let Some(b) = batch {
             self.note_committed(b.last_seq);
         }

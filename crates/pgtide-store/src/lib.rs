@@ -4,20 +4,26 @@
 //! - [`events`]: writing events under the global `seq`, and reading them back.
 //! - [`progress`]: the CDC pipeline's stored position and known relations, kept
 //!   in the same transactions as the events so replays store nothing twice.
+//! - [`registry`]: topics, versioned JSON Schemas, compatibility, validators.
+//! - [`dead_letters`]: what could not become an event, with the reason.
 //!
 //! Every write that assigns `seq` takes the `seq_counter` row lock until it
 //! commits, so commits happen in `seq` order and `seq > N` readers miss nothing.
 
+pub mod dead_letters;
 pub mod events;
 pub mod migrate;
 pub mod progress;
+pub mod registry;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use pgtide_pg::PgConfig;
 use tokio::sync::watch;
 
-pub use events::{EventQuery, StoredBatch};
+pub use dead_letters::{DeadLetter, DeadLetterKind, DeadLetterRecord};
+pub use events::{CdcWrite, EventQuery, StoredBatch};
 pub use progress::{CdcProgress, KnownRelation};
+pub use registry::{Owner, SchemaCache, ValidationIssue};
 
 /// Store failures. `Unavailable` is worth retrying; the others are not.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +34,14 @@ pub enum StoreError {
     Query(#[from] tokio_postgres::Error),
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    ReadOnly(String),
+    #[error("incompatible schema: {}", .0.join("; "))]
+    Incompatible(Vec<String>),
     #[error("migration {version} failed: {message}")]
     Migration { version: i32, message: String },
 }
@@ -47,7 +61,12 @@ impl StoreError {
                             || code == "40P01"
                     })
             }
-            StoreError::Invalid(_) | StoreError::Migration { .. } => false,
+            StoreError::Invalid(_)
+            | StoreError::NotFound(_)
+            | StoreError::Conflict(_)
+            | StoreError::ReadOnly(_)
+            | StoreError::Incompatible(_)
+            | StoreError::Migration { .. } => false,
         }
     }
 }
@@ -72,6 +91,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct Store {
     pool: Pool,
     committed: watch::Sender<i64>,
+    schemas: SchemaCache,
 }
 
 impl Store {
@@ -90,7 +110,11 @@ impl Store {
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (committed, _) = watch::channel(0);
-        Ok(Store { pool, committed })
+        Ok(Store {
+            pool,
+            committed,
+            schemas: SchemaCache::default(),
+        })
     }
 
     pub fn pool(&self) -> &Pool {

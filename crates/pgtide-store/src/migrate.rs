@@ -5,8 +5,10 @@
 use crate::{Result, StoreError};
 
 /// The migrations in version order; compiled in so the binary is self-contained.
-pub const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "events", include_str!("../../../sql/001_events.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "events", include_str!("../../../sql/001_events.sql")),
+    (2, "registry", include_str!("../../../sql/002_registry.sql")),
+];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.
 const MIGRATION_LOCK: i64 = 0x7067_7469_6465_0001;

@@ -114,6 +114,7 @@ pub async fn start(
     tracing::info!(slot = %slot.slot, publication = %slot.publication, tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "capturing");
 
     let store = Store::new(store_config, 16)?;
+    store.reload_schemas().await?;
     let (status_tx, status_rx) = watch::channel(CdcStatus::default());
     let config = CdcConfig {
         source: source.clone(),

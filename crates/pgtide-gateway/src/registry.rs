@@ -1,0 +1,231 @@
+//! The registry API: topics and their schema versions, and dead letters.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use pgtide_core::{NewEvent, Topic};
+use pgtide_store::registry::TopicPatch;
+use pgtide_store::{DeadLetterKind, Owner};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::events::json_body;
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/topics", get(list_topics).post(create_topic))
+        .route(
+            "/v1/topics/{topic}",
+            get(get_topic).patch(patch_topic).delete(delete_topic),
+        )
+        .route(
+            "/v1/topics/{topic}/schemas",
+            get(list_schemas).post(register_schema),
+        )
+        .route("/v1/dead-letters", get(list_dead_letters))
+        .route("/v1/dead-letters/{id}/retry", post(retry_dead_letter))
+}
+
+fn topic_name(text: &str) -> Result<String, ApiError> {
+    Topic::parse(text)
+        .map(Topic::into_string)
+        .map_err(|e| ApiError::bad_request(format!("invalid topic: {e}")))
+}
+
+async fn list_topics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"topics": state.store.list_topics().await?})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTopic {
+    name: String,
+    description: Option<String>,
+    compatibility: Option<String>,
+}
+
+async fn create_topic(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: CreateTopic = json_body(body)?;
+    let name = topic_name(&req.name)?;
+    let topic = state
+        .store
+        .create_topic(
+            &name,
+            req.description.as_deref(),
+            req.compatibility.as_deref(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::to_value(topic).unwrap_or(Value::Null)),
+    ))
+}
+
+async fn get_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let topic = state.store.get_topic(&topic_name(&topic)?).await?;
+    Ok(Json(serde_json::to_value(topic).unwrap_or(Value::Null)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchTopic {
+    description: Option<String>,
+    compatibility: Option<String>,
+    active_schema_version: Option<i32>,
+}
+
+async fn patch_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: PatchTopic = json_body(body)?;
+    if let Some(v) = req.active_schema_version
+        && v < 0
+    {
+        return Err(ApiError::bad_request(
+            "active_schema_version must be 0 (none) or a registered version",
+        ));
+    }
+    let patch = TopicPatch {
+        description: req.description,
+        compatibility: req.compatibility,
+        active_schema_version: req.active_schema_version,
+    };
+    let topic = state
+        .store
+        .patch_topic(&topic_name(&topic)?, &patch, Owner::Api)
+        .await?;
+    Ok(Json(serde_json::to_value(topic).unwrap_or(Value::Null)))
+}
+
+async fn delete_topic(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .store
+        .delete_topic(&topic_name(&topic)?, Owner::Api)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_schemas(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let schemas = state.store.list_schemas(&topic_name(&topic)?).await?;
+    Ok(Json(json!({"schemas": schemas})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterSchema {
+    schema: Value,
+}
+
+async fn register_schema(
+    State(state): State<AppState>,
+    Path(topic): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: RegisterSchema = json_body(body)?;
+    let topic = topic_name(&topic)?;
+    let version = state
+        .store
+        .register_schema(&topic, &req.schema, Owner::Api)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"topic": topic, "version": version})),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeadLetterParams {
+    kind: Option<String>,
+    after_id: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    params: Result<Query<DeadLetterParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let kind = params
+        .kind
+        .as_deref()
+        .map(|k| {
+            DeadLetterKind::parse(k).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "kind={k:?} is not one of validation, mapping, webhook"
+                ))
+            })
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit={limit} is out of range: use 1 to 1000"
+        )));
+    }
+    let letters = state
+        .store
+        .list_dead_letters(kind, params.after_id.unwrap_or(0), limit)
+        .await?;
+    Ok(Json(json!({"dead_letters": letters})))
+}
+
+/// Retries a dead letter. A validation failure is validated again against
+/// the topic's current schema and, if it now passes, stored as an event (with
+/// its original id) and removed from the dead letters.
+async fn retry_dead_letter(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let letter = state.store.dead_letter(id).await?;
+    match letter.kind {
+        DeadLetterKind::Validation => {
+            let stored: pgtide_core::Event =
+                serde_json::from_value(letter.event.clone()).map_err(|e| {
+                    ApiError::bad_request(format!("dead letter {id} does not hold an event: {e}"))
+                })?;
+            if let Err(issues) = state.store.schemas().validate(&stored.topic, &stored.data) {
+                return Err(ApiError::invalid_payload(&stored.topic, issues));
+            }
+            let mut event =
+                NewEvent::new(stored.topic, stored.event_type, stored.source, stored.data);
+            if let Ok(original) = stored.id.parse() {
+                event.id = original;
+            }
+            event.org_id = stored.org_id;
+            event.correlation_id = stored.correlation_id;
+            event.attributes = stored.attributes;
+            event.meta = stored.meta;
+            let published = state.store.publish(vec![event]).await?;
+            state.store.delete_dead_letter(id).await?;
+            Ok(Json(json!({"retried": id, "events": published})))
+        }
+        other => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!(
+                "dead letters of kind {:?} cannot be retried yet",
+                other.as_str()
+            ),
+        )),
+    }
+}

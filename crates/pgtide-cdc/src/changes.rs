@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use pgtide_core::{EventSource, NewEvent, format_ts};
+use pgtide_mapping::MappedEvent;
 use pgtide_pg::Lsn;
 use pgtide_pg::pgoutput::{LogicalMessage, OldTuple, Tuple, TupleValue};
 use pgtide_pg::replication::PG_EPOCH_OFFSET_MICROS;
@@ -41,35 +42,7 @@ impl TxContext {
     }
 }
 
-/// A row change, in the words of `meta.op`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Insert,
-    Update,
-    Delete,
-    Truncate,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Insert => "insert",
-            Op::Update => "update",
-            Op::Delete => "delete",
-            Op::Truncate => "truncate",
-        }
-    }
-
-    /// The default event type.
-    pub fn event_type(self) -> &'static str {
-        match self {
-            Op::Insert => "row.inserted",
-            Op::Update => "row.updated",
-            Op::Delete => "row.deleted",
-            Op::Truncate => "table.truncated",
-        }
-    }
-}
+pub use pgtide_mapping::Op;
 
 /// A row as JSON plus the columns left out because Postgres did not send them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -148,6 +121,46 @@ pub fn default_topic_prefix(rel: &RelationInfo) -> String {
     format!("tables.{clean}")
 }
 
+/// The row images of one change, computed once and shared by the default
+/// topic and every mapping on the table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeImages {
+    pub op: Op,
+    /// The new row (insert, update), unchanged TOAST filled from a full old row.
+    pub new: Option<RowImage>,
+    /// The old row: whole under `REPLICA IDENTITY FULL`, else only the key
+    /// columns (delete; update when the key changed); absent otherwise.
+    pub old: Option<Map<String, Value>>,
+}
+
+impl ChangeImages {
+    /// Columns Postgres left out of the new row because they did not change.
+    pub fn unchanged(&self) -> &[String] {
+        self.new.as_ref().map_or(&[], |n| n.unchanged.as_slice())
+    }
+}
+
+/// Builds the images of a change from its tuples.
+pub fn images(
+    rel: &RelationInfo,
+    op: Op,
+    new: Option<&Tuple>,
+    old: Option<&OldTuple>,
+) -> ChangeImages {
+    let full_old = match old {
+        Some(OldTuple::Full(t)) => Some(t),
+        _ => None,
+    };
+    ChangeImages {
+        op,
+        new: new.map(|t| row_image(rel, t, full_old, false)),
+        old: old.map(|o| match o {
+            OldTuple::Full(t) => row_image(rel, t, None, false).row,
+            OldTuple::Key(t) => row_image(rel, t, None, true).row,
+        }),
+    }
+}
+
 fn cdc_meta(rel: &RelationInfo, tx: &TxContext, op: Op) -> Map<String, Value> {
     let mut meta = Map::new();
     meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
@@ -158,16 +171,42 @@ fn cdc_meta(rel: &RelationInfo, tx: &TxContext, op: Op) -> Map<String, Value> {
     meta
 }
 
-fn cdc_event(
-    rel: &RelationInfo,
-    tx: &TxContext,
-    op: Op,
-    data: Value,
-    meta: Map<String, Value>,
-) -> NewEvent {
+fn truncate_data(rel: &RelationInfo, cascade: bool, restart_identity: bool) -> Value {
+    json!({
+        "table": rel.qualified_name(),
+        "cascade": cascade,
+        "restart_identity": restart_identity,
+    })
+}
+
+/// The default-topic event (`tables.<table>.<op>`) of a change on a captured
+/// table: the new row, or the old one for a delete; an update's old row, when
+/// Postgres sent one, in `meta.old`.
+pub fn default_event(rel: &RelationInfo, tx: &TxContext, images: &ChangeImages) -> NewEvent {
+    let op = images.op;
+    let mut meta = cdc_meta(rel, tx, op);
+    let data = match op {
+        Op::Insert | Op::Update => {
+            if op == Op::Update
+                && let Some(old) = &images.old
+            {
+                meta.insert("old".into(), Value::Object(old.clone()));
+            }
+            Value::Object(
+                images
+                    .new
+                    .as_ref()
+                    .map(|n| n.row.clone())
+                    .unwrap_or_default(),
+            )
+        }
+        Op::Delete => Value::Object(images.old.clone().unwrap_or_default()),
+        Op::Truncate => truncate_data(rel, false, false),
+    };
+    add_unchanged(&mut meta, images.unchanged());
     let mut event = NewEvent::new(
         format!("{}.{}", default_topic_prefix(rel), op.as_str()),
-        op.event_type(),
+        op.default_event_type(),
         EventSource::Cdc,
         data,
     );
@@ -176,57 +215,52 @@ fn cdc_event(
     event
 }
 
-/// The default-topic event of an insert.
-pub fn insert_event(rel: &RelationInfo, tx: &TxContext, new: &Tuple) -> NewEvent {
-    let image = row_image(rel, new, None, false);
-    let mut meta = cdc_meta(rel, tx, Op::Insert);
-    add_unchanged(&mut meta, image.unchanged);
-    cdc_event(rel, tx, Op::Insert, Value::Object(image.row), meta)
-}
-
-/// The default-topic event of an update: the new row, the old one in `meta.old`
-/// when Postgres sent it.
-pub fn update_event(
+/// The envelope of an event a mapping made, with `meta.mapping` and `meta.key`.
+pub fn mapped_event(
     rel: &RelationInfo,
     tx: &TxContext,
-    old: Option<&OldTuple>,
-    new: &Tuple,
+    images: &ChangeImages,
+    mapped: MappedEvent,
 ) -> NewEvent {
-    let full_old = match old {
-        Some(OldTuple::Full(t)) => Some(t),
-        _ => None,
-    };
-    let image = row_image(rel, new, full_old, false);
-    let mut meta = cdc_meta(rel, tx, Op::Update);
-    match old {
-        Some(OldTuple::Full(t)) => {
-            meta.insert(
-                "old".into(),
-                Value::Object(row_image(rel, t, None, false).row),
-            );
-        }
-        Some(OldTuple::Key(t)) => {
-            meta.insert(
-                "old".into(),
-                Value::Object(row_image(rel, t, None, true).row),
-            );
-        }
-        None => {}
+    let mut meta = cdc_meta(rel, tx, images.op);
+    meta.insert("mapping".into(), Value::String(mapped.mapping));
+    if let Some(key) = mapped.key {
+        meta.insert("key".into(), Value::String(key));
     }
-    add_unchanged(&mut meta, image.unchanged);
-    cdc_event(rel, tx, Op::Update, Value::Object(image.row), meta)
+    add_unchanged(&mut meta, images.unchanged());
+    let mut event = NewEvent::new(
+        mapped.topic,
+        mapped.event_type,
+        EventSource::Cdc,
+        mapped.data,
+    );
+    event.ts = tx.commit_ts;
+    event.org_id = mapped.org_id;
+    event.meta = meta;
+    event
 }
 
-/// The default-topic event of a delete: the old row (key columns only unless
-/// `REPLICA IDENTITY FULL`).
-pub fn delete_event(rel: &RelationInfo, tx: &TxContext, old: &OldTuple) -> NewEvent {
-    let image = match old {
-        OldTuple::Full(t) => row_image(rel, t, None, false),
-        OldTuple::Key(t) => row_image(rel, t, None, true),
-    };
-    let mut meta = cdc_meta(rel, tx, Op::Delete);
-    add_unchanged(&mut meta, image.unchanged);
-    cdc_event(rel, tx, Op::Delete, Value::Object(image.row), meta)
+/// What a dead letter keeps of a change a mapping failed on: enough to see
+/// why, and to run the mapping again.
+pub fn failed_change(
+    rel: &RelationInfo,
+    tx: &TxContext,
+    images: &ChangeImages,
+    mapping: &str,
+) -> Value {
+    json!({
+        "mapping": mapping,
+        "change": {
+            "op": images.op.as_str(),
+            "table": rel.qualified_name(),
+            "new": images.new.as_ref().map(|n| Value::Object(n.row.clone())),
+            "old": images.old.clone().map(Value::Object),
+            "unchanged_columns": images.unchanged(),
+            "xid": tx.xid,
+            "lsn": tx.commit_lsn.to_string(),
+            "commit_ts": format_ts(tx.commit_ts),
+        },
+    })
 }
 
 /// The default-topic event of a truncate of one table.
@@ -236,12 +270,14 @@ pub fn truncate_event(
     cascade: bool,
     restart_identity: bool,
 ) -> NewEvent {
-    let data = json!({
-        "table": rel.qualified_name(),
-        "cascade": cascade,
-        "restart_identity": restart_identity,
-    });
-    cdc_event(rel, tx, Op::Truncate, data, cdc_meta(rel, tx, Op::Truncate))
+    let images = ChangeImages {
+        op: Op::Truncate,
+        new: None,
+        old: None,
+    };
+    let mut event = default_event(rel, tx, &images);
+    event.data = truncate_data(rel, cascade, restart_identity);
+    event
 }
 
 /// `schema.changed` on `tables.<table>.schema`: the new column set and the previous one.
@@ -267,11 +303,11 @@ pub fn schema_changed_event(rel: &RelationInfo, tx: &TxContext, previous: &Value
     event
 }
 
-fn add_unchanged(meta: &mut Map<String, Value>, unchanged: Vec<String>) {
+fn add_unchanged(meta: &mut Map<String, Value>, unchanged: &[String]) {
     if !unchanged.is_empty() {
         meta.insert(
             "unchanged_columns".into(),
-            Value::Array(unchanged.into_iter().map(Value::String).collect()),
+            Value::Array(unchanged.iter().cloned().map(Value::String).collect()),
         );
     }
 }
@@ -353,16 +389,22 @@ mod tests {
         TupleValue::Text(Bytes::copy_from_slice(s.as_bytes()))
     }
 
+    fn event(op: Op, new: Option<&Tuple>, old: Option<&OldTuple>) -> NewEvent {
+        let r = rel("public");
+        default_event(&r, &tx(), &images(&r, op, new, old))
+    }
+
     fn tx() -> TxContext {
         TxContext::new(42, Lsn(0x16_B374_D848), 0)
     }
 
     #[test]
     fn insert_uses_default_topic_and_meta() {
-        let e = insert_event(
+        let new = Tuple(vec![text("7"), TupleValue::Null, text("1.50")]);
+        let e = default_event(
             &rel("public"),
             &tx(),
-            &Tuple(vec![text("7"), TupleValue::Null, text("1.50")]),
+            &images(&rel("public"), Op::Insert, Some(&new), None),
         );
         assert_eq!(e.topic, "tables.orders.insert");
         assert_eq!(e.event_type, "row.inserted");
@@ -377,10 +419,15 @@ mod tests {
 
     #[test]
     fn other_schemas_prefix_the_table() {
-        let e = insert_event(
+        let e = default_event(
             &rel("audit"),
             &tx(),
-            &Tuple(vec![text("1"), text("x"), text("2")]),
+            &images(
+                &rel("audit"),
+                Op::Insert,
+                Some(&Tuple(vec![text("1"), text("x"), text("2")])),
+                None,
+            ),
         );
         assert_eq!(e.topic, "tables.audit_orders.insert");
     }
@@ -388,11 +435,11 @@ mod tests {
     #[test]
     fn unchanged_toast_is_left_out_and_named_or_taken_from_old() {
         let new = Tuple(vec![text("7"), TupleValue::UnchangedToast, text("2")]);
-        let e = update_event(&rel("public"), &tx(), None, &new);
+        let e = event(Op::Update, Some(&new), None);
         assert_eq!(e.data, json!({"id": 7, "total": "2"}));
         assert_eq!(e.meta["unchanged_columns"], json!(["note"]));
         let old = OldTuple::Full(Tuple(vec![text("7"), text("long"), text("1")]));
-        let e = update_event(&rel("public"), &tx(), Some(&old), &new);
+        let e = event(Op::Update, Some(&new), Some(&old));
         assert_eq!(e.data, json!({"id": 7, "note": "long", "total": "2"}));
         assert!(!e.meta.contains_key("unchanged_columns"));
         assert_eq!(
@@ -404,7 +451,7 @@ mod tests {
     #[test]
     fn delete_under_default_identity_keeps_only_keys() {
         let old = OldTuple::Key(Tuple(vec![text("7"), TupleValue::Null, TupleValue::Null]));
-        let e = delete_event(&rel("public"), &tx(), &old);
+        let e = event(Op::Delete, None, Some(&old));
         assert_eq!(e.topic, "tables.orders.delete");
         assert_eq!(e.event_type, "row.deleted");
         assert_eq!(e.data, json!({"id": 7}));

@@ -11,7 +11,8 @@
 //! stored with the events as [`CdcProgress`]; after a crash, Postgres resends
 //! from the confirmed position and whatever the key says is stored is skipped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgtide_core::NewEvent;
@@ -26,10 +27,13 @@ use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::changes::{self, HEARTBEAT_PREFIX, PUBLISH_PREFIX, TxContext};
+use crate::changes::{self, ChangeImages, HEARTBEAT_PREFIX, Op, PUBLISH_PREFIX, TxContext};
 use crate::relations::{RelationInfo, TypeCache};
+use crate::setup::TableName;
 use crate::setup::{SlotStatus, slot_status};
 use crate::{CdcError, Result};
+use pgtide_mapping::{Change, MappingSet};
+use pgtide_pg::pgoutput::{OldTuple, Tuple};
 
 /// What the pipeline streams and how.
 #[derive(Debug, Clone)]
@@ -42,6 +46,10 @@ pub struct CdcConfig {
     pub max_batch: usize,
     /// How often to emit a heartbeat message and refresh the slot status.
     pub heartbeat: Duration,
+    /// Tables whose changes go to default topics `tables.<table>.<op>`.
+    pub capture: Vec<TableName>,
+    /// The running mapping set; replaced whole on reload.
+    pub mappings: watch::Receiver<Arc<MappingSet>>,
 }
 
 /// The pipeline's health, for `/readyz` and logs.
@@ -132,6 +140,9 @@ struct Reader<'a> {
     pending: Batch,
     schemas: SchemaCache,
     store: Store,
+    /// Relations whose changes go to default topics.
+    captured: HashSet<u32>,
+    mappings: watch::Receiver<Arc<MappingSet>>,
 }
 
 async fn run_once(
@@ -180,6 +191,8 @@ async fn run_once(
         pending: Batch::default(),
         schemas: store.schemas().clone(),
         store: store.clone(),
+        captured: HashSet::new(),
+        mappings: config.mappings.clone(),
     };
     store.reload_schemas().await?;
     let mut heartbeat = tokio::time::interval(config.heartbeat);
@@ -299,40 +312,49 @@ impl Reader<'_> {
                     });
                     self.known.insert(r.id, columns);
                 }
+                let captured = self
+                    .config
+                    .capture
+                    .iter()
+                    .any(|t| t.schema == info.schema && t.name == info.name);
+                if captured {
+                    self.captured.insert(r.id);
+                } else {
+                    self.captured.remove(&r.id);
+                }
                 self.relations.insert(r.id, info);
             }
-            PgOutput::Insert(i) => {
-                if let Some(pos) = self.next_pos() {
-                    let rel = self.relation(i.relation_id)?;
-                    let event = changes::insert_event(rel, &self.ctx(), &i.new);
-                    self.push(event, pos);
-                }
-            }
+            PgOutput::Insert(i) => self.change(i.relation_id, Op::Insert, Some(&i.new), None)?,
             PgOutput::Update(u) => {
-                if let Some(pos) = self.next_pos() {
-                    let rel = self.relation(u.relation_id)?;
-                    let event = changes::update_event(rel, &self.ctx(), u.old.as_ref(), &u.new);
-                    self.push(event, pos);
-                }
+                self.change(u.relation_id, Op::Update, Some(&u.new), u.old.as_ref())?
             }
-            PgOutput::Delete(d) => {
-                if let Some(pos) = self.next_pos() {
-                    let rel = self.relation(d.relation_id)?;
-                    let event = changes::delete_event(rel, &self.ctx(), &d.old);
-                    self.push(event, pos);
-                }
-            }
+            PgOutput::Delete(d) => self.change(d.relation_id, Op::Delete, None, Some(&d.old))?,
             PgOutput::Truncate(t) => {
                 for id in &t.relation_ids {
                     if let Some(pos) = self.next_pos() {
                         let rel = self.relation(*id)?;
-                        let event = changes::truncate_event(
-                            rel,
-                            &self.ctx(),
-                            t.cascade,
-                            t.restart_identity,
-                        );
-                        self.push(event, pos);
+                        let ctx = self.ctx();
+                        let mut events = Vec::new();
+                        if self.captured.contains(id) {
+                            events.push(changes::truncate_event(
+                                rel,
+                                &ctx,
+                                t.cascade,
+                                t.restart_identity,
+                            ));
+                        }
+                        let images = ChangeImages {
+                            op: Op::Truncate,
+                            new: None,
+                            old: None,
+                        };
+                        let letters = self.map_change(rel, &ctx, &images, &mut events);
+                        for event in events {
+                            self.push(event, pos);
+                        }
+                        for letter in letters {
+                            self.push_dead_letter(letter, pos);
+                        }
                     }
                 }
             }
@@ -363,6 +385,89 @@ impl Reader<'_> {
             }
         }
         Ok(())
+    }
+
+    /// One row change: the default-topic event when the table is captured,
+    /// and the events of every mapping on the table (failures become dead
+    /// letters; the stream goes on).
+    fn change(
+        &mut self,
+        relation_id: u32,
+        op: Op,
+        new: Option<&Tuple>,
+        old: Option<&OldTuple>,
+    ) -> Result<()> {
+        let Some(pos) = self.next_pos() else {
+            return Ok(());
+        };
+        let rel = self.relation(relation_id)?;
+        let captured = self.captured.contains(&relation_id);
+        if !captured && !self.mappings.borrow().covers(&rel.schema, &rel.name) {
+            return Ok(());
+        }
+        let images = changes::images(rel, op, new, old);
+        let ctx = self.ctx();
+        let mut events = Vec::new();
+        if captured {
+            events.push(changes::default_event(rel, &ctx, &images));
+        }
+        let letters = self.map_change(rel, &ctx, &images, &mut events);
+        for event in events {
+            self.push(event, pos);
+        }
+        for letter in letters {
+            self.push_dead_letter(letter, pos);
+        }
+        Ok(())
+    }
+
+    /// Runs the table's mappings over one change, appending their events and
+    /// returning a dead letter per failed mapping.
+    fn map_change(
+        &self,
+        rel: &RelationInfo,
+        ctx: &TxContext,
+        images: &ChangeImages,
+        events: &mut Vec<NewEvent>,
+    ) -> Vec<DeadLetter> {
+        let mappings = self.mappings.borrow().clone();
+        if !mappings.covers(&rel.schema, &rel.name) {
+            return Vec::new();
+        }
+        let commit_ts = pgtide_core::format_ts(ctx.commit_ts);
+        let lsn = ctx.commit_lsn.to_string();
+        let change = Change {
+            op: images.op,
+            schema: &rel.schema,
+            table: &rel.name,
+            new: images.new.as_ref().map(|n| &n.row),
+            old: images.old.as_ref(),
+            unchanged_columns: images.unchanged(),
+            xid: ctx.xid,
+            commit_ts: &commit_ts,
+            lsn: &lsn,
+        };
+        let mut letters = Vec::new();
+        for result in mappings.apply(&change) {
+            match result {
+                Ok(mapped) => events.push(changes::mapped_event(rel, ctx, images, mapped)),
+                Err(failure) => {
+                    tracing::warn!(mapping = %failure.mapping, error = %failure.message, "mapping failed on a change; kept as a dead letter");
+                    letters.push(DeadLetter {
+                        kind: DeadLetterKind::Mapping,
+                        topic: None,
+                        event: changes::failed_change(rel, ctx, images, &failure.mapping),
+                        error: failure.message,
+                    });
+                }
+            }
+        }
+        letters
+    }
+
+    fn push_dead_letter(&mut self, letter: DeadLetter, pos: i32) {
+        self.pending.dead_letters.push(letter);
+        self.note_position(pos);
     }
 
     /// Between transactions nothing is owed, so the slot may move to `lsn`
@@ -413,6 +518,12 @@ impl Reader<'_> {
                 });
             }
         }
+        self.note_position(pos);
+    }
+
+    /// Records that everything of the open transaction up to `pos` is in the
+    /// pending batch, so the batch's progress row covers it.
+    fn note_position(&mut self, pos: i32) {
         let commit_lsn = self.tx.as_ref().map_or(Lsn::ZERO, |t| t.ctx.commit_lsn);
         self.pending.progress = Some(CdcProgress {
             slot: self.config.slot.clone(),

@@ -290,17 +290,15 @@ pub async fn ensure_slot(client: &Client, slot: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// Full preparation: checks, then publication, then slot; undoes a publication
-/// it created if the slot cannot be made.
+/// Publication, then slot (after [`preflight`]); undoes a publication it
+/// created if the slot cannot be made.
 pub async fn prepare(
     client: &Client,
     slot: &str,
     publication: &str,
-    capture: &Capture,
-) -> Result<Vec<TableName>> {
-    preflight(client, slot).await?;
-    let tables = resolve_tables(client, capture).await?;
-    let change = ensure_publication(client, publication, &tables).await?;
+    tables: &[TableName],
+) -> Result<()> {
+    let change = ensure_publication(client, publication, tables).await?;
     if let Err(e) = ensure_slot(client, slot).await {
         if change == PublicationChange::Created {
             let _ = client
@@ -312,7 +310,7 @@ pub async fn prepare(
         }
         return Err(e);
     }
-    Ok(tables)
+    Ok(())
 }
 
 /// The slot as `pgtide slot status` and `/readyz` show it.

@@ -26,6 +26,7 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let cdc = state.cdc.borrow().clone();
+    let mappings = state.mappings.borrow().clone();
     let store = state.store.ping().await;
     let ready = cdc.streaming && store.is_ok();
     let body = json!({
@@ -39,6 +40,11 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "slot": cdc.slot.as_ref().map(|s| s.slot.clone()),
             "lag_bytes": cdc.slot.as_ref().map(|s| s.lag_bytes),
             "retained_wal_bytes": cdc.slot.as_ref().map(|s| s.retained_wal_bytes),
+        },
+        "mappings": {
+            "loaded": mappings.mappings.len(),
+            "loaded_at": mappings.loaded_at,
+            "errors": mappings.errors,
         },
     });
     let status = if ready {

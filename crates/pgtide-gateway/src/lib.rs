@@ -3,6 +3,7 @@
 //! - [`error`]: the one API error type and the contract's JSON error body.
 //! - [`events`]: `POST /v1/events` and `GET /v1/events`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`mappings`]: `GET /v1/mappings`, the running set and the last reload's errors.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
 //!
 //! [`serve`] takes a bound listener so tests can bind port 0.
@@ -10,6 +11,7 @@
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod mappings;
 pub mod registry;
 
 use axum::Router;
@@ -21,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
+pub use mappings::MappingsView;
 
 /// Largest request body accepted (the contract's frame limit).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -30,6 +33,7 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub struct AppState {
     pub store: Store,
     pub cdc: watch::Receiver<CdcStatus>,
+    pub mappings: watch::Receiver<MappingsView>,
 }
 
 /// The whole router.
@@ -38,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(health::routes())
         .merge(events::routes())
         .merge(registry::routes())
+        .merge(mappings::routes())
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

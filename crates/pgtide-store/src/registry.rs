@@ -520,9 +520,14 @@ mod tests {
         let found = issues(&v, &json!({"id": "seven", "total": true}));
         let pointers: Vec<&str> = found.iter().map(|i| i.pointer.as_str()).collect();
         assert_eq!(pointers, ["/id", "/total"]);
-        let draft7 = json!({"$schema": "http://json-schema.org/draft-07/schema#", "type": "string"});
+        let draft7 =
+            json!({"$schema": "http://json-schema.org/draft-07/schema#", "type": "string"});
         assert!(compile(&draft7).unwrap().is_valid(&json!("x")));
-        assert!(compile(&json!({"type": "nonsense"})).unwrap_err().contains("invalid JSON Schema"));
+        assert!(
+            compile(&json!({"type": "nonsense"}))
+                .unwrap_err()
+                .contains("invalid JSON Schema")
+        );
         assert!(compile(&json!([1])).is_err());
     }
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow, bail};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use pgtide_cdc::{Capture, CdcConfig, CdcStatus, TableName, setup};
+use pgtide_cdc::{CdcConfig, CdcStatus, TableName, setup};
 use pgtide_pg::PgConfig;
 use pgtide_pg::local::{LocalOptions, LocalPostgres};
 use pgtide_pg::replication::quote_ident;
@@ -358,6 +358,11 @@ async fn bench(
         publication: PUBLICATION.to_owned(),
         max_batch: args.max_batch,
         heartbeat: Duration::from_secs(10),
+        capture: vec![bench_table()],
+        mappings: tokio::sync::watch::channel(std::sync::Arc::new(
+            pgtide_mapping::MappingSet::empty(),
+        ))
+        .1,
     };
     let started = Instant::now();
     let mut pipeline = Pipeline::start(cdc_config, store, shutdown.child_token());
@@ -437,11 +442,10 @@ async fn prepare(client: &mut tokio_postgres::Client, names: &Names) -> anyhow::
     pgtide_store::migrate::migrate(client)
         .await
         .context("creating pgtide's store schema")?;
-    let capture = Capture::Tables(vec![TableName {
-        schema: "public".into(),
-        name: "bench_rows".into(),
-    }]);
-    setup::prepare(client, &names.pgtide_slot, PUBLICATION, &capture)
+    setup::preflight(client, &names.pgtide_slot)
+        .await
+        .context("checking the database")?;
+    setup::prepare(client, &names.pgtide_slot, PUBLICATION, &[bench_table()])
         .await
         .context("preparing pgtide's slot")?;
     tracing::info!(recv_slot = %names.recv_slot, pgtide_slot = %names.pgtide_slot, database = %names.database, "slots ready");
@@ -657,8 +661,9 @@ async fn latency(
 ) -> anyhow::Result<LatencyReport> {
     let total = usize::try_from(u64::from(rate) * seconds).context("too many latency rows")?;
     let insert = client
-        .prepare("INSERT INTO public.bench_rows (a, b) VALUES ($1, md5($1::text) || md5(($1 + 1)::text))")
-        .await?;
+        .prepare("INSERT INTO public.bench_rows (a, b) VALUES ($1::int4, md5($1::int4::text) || md5(($1::int4 + 1)::text))")
+        .await
+        .context("preparing the latency insert")?;
     let base = *committed.borrow_and_update();
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch_stored(committed, base, total, stop.clone()));
@@ -854,6 +859,14 @@ fn spinner(prefix: &'static str) -> ProgressBar {
     bar.set_prefix(prefix);
     bar.enable_steady_tick(Duration::from_millis(100));
     bar
+}
+
+/// The table the benchmark writes and captures.
+fn bench_table() -> TableName {
+    TableName {
+        schema: "public".into(),
+        name: "bench_rows".into(),
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,16 @@ pub enum Command {
     Run(RunArgs),
     /// Zero-setup local instance: a throwaway PostgreSQL, the demo schema, the API.
     Dev(DevArgs),
+    /// Validate mapping files without running (with --database-url, also
+    /// against the database). Exit 1 on any error.
+    Check {
+        /// The mappings directory.
+        #[arg(default_value = "./mappings")]
+        dir: PathBuf,
+        /// Also check tables, columns and REPLICA IDENTITY in this database.
+        #[arg(long, env = "PGTIDE_DATABASE_URL")]
+        database_url: Option<String>,
+    },
     /// Create or upgrade the `pgtide` schema (idempotent).
     Migrate(DbArgs),
     /// Inspect or drop the replication slot.
@@ -89,6 +99,10 @@ pub struct ServeArgs {
     /// Most events per store transaction.
     #[arg(long, env = "PGTIDE_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,
+    /// Set `REPLICA IDENTITY FULL` on tables whose mappings read old values,
+    /// instead of refusing them.
+    #[arg(long, env = "PGTIDE_SET_REPLICA_IDENTITY_FULL")]
+    pub set_replica_identity_full: bool,
     /// Interval of the heartbeat that keeps an idle slot moving.
     #[arg(long, env = "PGTIDE_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat: Duration,

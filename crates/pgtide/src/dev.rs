@@ -48,6 +48,7 @@ async fn serve(
         jwt_secret: None,
         jwks: None,
         max_batch: 5000,
+        set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),
     };
     let slot = SlotArgs {

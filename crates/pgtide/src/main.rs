@@ -3,11 +3,13 @@
 //! - [`cli`]: flags, environment variables and the config file.
 //! - [`server`]: `pgtide run`: checks, migrations, slot, CDC pipeline, HTTP.
 //! - [`dev`]: `pgtide dev`: the same on a throwaway local PostgreSQL.
+//! - [`mappings`]: loading and reloading mapping files; `pgtide check`.
 //! - [`bench`]: `pgtide bench cdc`.
 
 mod bench;
 mod cli;
 mod dev;
+mod mappings;
 mod server;
 
 use std::process::ExitCode;
@@ -84,6 +86,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             dev::run(args, shutdown).await
         }
         Command::Migrate(db) => server::migrate_only(&db).await,
+        Command::Check { dir, database_url } => {
+            let url = database_url.or_else(|| std::env::var("DATABASE_URL").ok());
+            if mappings::check(&dir, url.as_deref()).await? {
+                Ok(())
+            } else {
+                std::process::exit(1);
+            }
+        }
         Command::Slot {
             action: SlotAction::Status { db, slot },
         } => server::slot_status(&db, &slot).await,

@@ -1,11 +1,12 @@
 //! `pgtide run` and the commands that share its wiring (`migrate`, `slot`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pgtide_cdc::{Capture, CdcConfig, CdcStatus, setup};
-use pgtide_gateway::AppState;
+use pgtide_gateway::{AppState, MappingsView};
 use pgtide_pg::PgConfig;
 use pgtide_store::Store;
 use tokio::net::TcpListener;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{DbArgs, RunArgs, ServeArgs, SlotArgs};
+use crate::mappings;
 
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     check_auth(&args.serve)?;
@@ -105,16 +107,42 @@ pub async fn start(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
-    warn_about_mappings(&serve.mappings);
     let capture = Capture::parse(&serve.capture)?;
     let client = source.connect().await?;
     setup::preflight(&client, &slot.slot).await?;
+    let captured = setup::resolve_tables(&client, &capture).await?;
+    let set =
+        match mappings::load(&serve.mappings, &client, serve.set_replica_identity_full).await? {
+            Ok(set) => set,
+            Err(errors) => {
+                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                bail!(
+                    "the mapping files in {} have {} error(s):\n{}",
+                    serve.mappings.display(),
+                    errors.len(),
+                    lines.join("\n")
+                );
+            }
+        };
     migrate_store(store_config).await?;
-    let tables = setup::prepare(&client, &slot.slot, &slot.publication, &capture).await?;
-    tracing::info!(slot = %slot.slot, publication = %slot.publication, tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(), "capturing");
+    let tables = mappings::publication_tables(&captured, &set)?;
+    setup::prepare(&client, &slot.slot, &slot.publication, &tables).await?;
+    tracing::info!(
+        slot = %slot.slot,
+        publication = %slot.publication,
+        tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        mappings = set.mappings().len(),
+        "capturing"
+    );
 
     let store = Store::new(store_config, 16)?;
+    let registry_errors = mappings::sync_registry(&set, &store).await;
+    for e in &registry_errors {
+        tracing::error!("{e}");
+    }
     store.reload_schemas().await?;
+    let view = watch::Sender::new(MappingsView::loaded(set.mappings(), registry_errors));
+    let set = watch::Sender::new(Arc::new(set));
     let (status_tx, status_rx) = watch::channel(CdcStatus::default());
     let config = CdcConfig {
         source: source.clone(),
@@ -122,6 +150,8 @@ pub async fn start(
         publication: slot.publication.clone(),
         max_batch: serve.max_batch,
         heartbeat: serve.heartbeat,
+        capture: captured.clone(),
+        mappings: set.subscribe(),
     };
     let cdc = tokio::spawn(pgtide_cdc::run(
         config,
@@ -130,11 +160,23 @@ pub async fn start(
         shutdown.clone(),
     ));
     spawn_retention(store.clone(), serve.retention, shutdown.clone());
-    let addr = listener.local_addr()?;
     let state = AppState {
-        store,
+        store: store.clone(),
         cdc: status_rx,
+        mappings: view.subscribe(),
     };
+    let reloader = mappings::Reloader {
+        dir: serve.mappings.clone(),
+        source: client,
+        store,
+        publication: slot.publication.clone(),
+        capture: captured,
+        fix_identity: serve.set_replica_identity_full,
+        set,
+        view,
+    };
+    tokio::spawn(reloader.watch(shutdown.clone()));
+    let addr = listener.local_addr()?;
     let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));
     Ok(Running {
         addr,
@@ -142,21 +184,6 @@ pub async fn start(
         http,
         shutdown,
     })
-}
-
-fn warn_about_mappings(dir: &std::path::Path) {
-    let has_yaml = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| {
-            e.path()
-                .extension()
-                .is_some_and(|x| x == "yaml" || x == "yml")
-        });
-    if has_yaml {
-        tracing::warn!(dir = %dir.display(), "mapping files are not applied by this build; use --capture for default topics");
-    }
 }
 
 async fn migrate_store(config: &PgConfig) -> anyhow::Result<Vec<i32>> {

@@ -1,0 +1,562 @@
+//! Turning one row change into the events of the mappings that match it.
+//!
+//! Everything here runs per change, so the work is arranged to be paid once:
+//! mappings are indexed by table (a change on an unmapped table costs two
+//! hash lookups), cheap filters (operation, `changed:`) run before any CEL,
+//! and the CEL variables are bound once per change and shared by all of the
+//! table's mappings — and only if one of them runs CEL at all, binding only
+//! the rows some expression reads. Plain column reads skip CEL entirely (see
+//! [`crate::expr`]).
+
+use crate::MappingFailure;
+use crate::expr::{Eval, Expr, Row, Uses};
+use crate::set::MappingInfo;
+use crate::template;
+use crate::value::{AbsentRow, cel_to_json, cel_to_text, json_to_text, object_to_cel, type_name};
+use cel::common::types::{CelBool, CelInt, CelMap, CelMapKey, CelNull, CelString, CelUInt};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, Env, Value as CelValue};
+use pgtide_core::Topic;
+use serde_json::{Map, Value as Json};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A row operation, as pgoutput reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+}
+
+impl Op {
+    pub const ALL: [Op; 4] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate];
+
+    /// The name used in mapping files, in CEL's `op` and in `meta.op`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+        }
+    }
+
+    /// Reads an operation name as written in a mapping file.
+    pub fn parse(text: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str() == text)
+    }
+
+    /// The event type of a mapping without `event_type`, the same as the
+    /// default topics use.
+    pub fn default_event_type(self) -> &'static str {
+        match self {
+            Op::Insert => "row.inserted",
+            Op::Update => "row.updated",
+            Op::Delete => "row.deleted",
+            Op::Truncate => "table.truncated",
+        }
+    }
+
+    pub(crate) fn bit(self) -> u8 {
+        match self {
+            Op::Insert => 1,
+            Op::Update => 2,
+            Op::Delete => 4,
+            Op::Truncate => 8,
+        }
+    }
+}
+
+/// One decoded row change, borrowed from the caller's buffers.
+///
+/// `new` is the row after an insert or update; `old` the row before an
+/// update or delete, when Postgres sent one (all columns under `REPLICA
+/// IDENTITY FULL`, only the key under `DEFAULT`, and for an update only when
+/// the key changed). `unchanged_columns` names the TOASTed columns Postgres
+/// left out because they did not change (and that could not be filled in
+/// from `old`).
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    pub op: Op,
+    pub schema: &'a str,
+    pub table: &'a str,
+    pub new: Option<&'a Map<String, Json>>,
+    pub old: Option<&'a Map<String, Json>>,
+    pub unchanged_columns: &'a [String],
+    pub xid: u32,
+    pub commit_ts: &'a str,
+    pub lsn: &'a str,
+}
+
+/// The event one mapping made of one change. The caller wraps it in the
+/// envelope (id, seq, ts, meta with `mapping` and `key`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MappedEvent {
+    pub mapping: String,
+    pub topic: String,
+    pub event_type: String,
+    pub data: Json,
+    pub org_id: Option<i64>,
+    pub key: Option<String>,
+}
+
+/// Where a mapping sends its events.
+#[derive(Debug)]
+pub(crate) enum TopicSpec {
+    /// A topic name, already in dotted form.
+    Fixed(String),
+    /// A template; holes are rendered per change.
+    Template(Vec<TopicPart>),
+}
+
+#[derive(Debug)]
+pub(crate) enum TopicPart {
+    Literal(String),
+    Hole(Expr),
+}
+
+/// A mapping ready to run: everything parsed, checked and compiled.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    pub info: MappingInfo,
+    /// The table, unquoted, as pgoutput names it.
+    pub schema: String,
+    pub table: String,
+    /// Bits of [`Op::bit`].
+    pub ops: u8,
+    pub changed: Option<Vec<String>>,
+    pub when: Option<Expr>,
+    pub topic: TopicSpec,
+    pub event_type: Option<String>,
+    /// Field name and expression, in file order.
+    pub payload: Option<Vec<(String, Expr)>>,
+    pub org: Option<Expr>,
+    pub key: Option<Expr>,
+    /// What the expressions above read, together.
+    pub uses: Uses,
+}
+
+impl Mapping {
+    /// Every expression of the mapping.
+    pub fn expressions(&self) -> impl Iterator<Item = &Expr> {
+        let holes = match &self.topic {
+            TopicSpec::Fixed(_) => None,
+            TopicSpec::Template(parts) => Some(parts.iter().filter_map(|p| match p {
+                TopicPart::Hole(e) => Some(e),
+                TopicPart::Literal(_) => None,
+            })),
+        };
+        self.when
+            .iter()
+            .chain(holes.into_iter().flatten())
+            .chain(self.payload.iter().flatten().map(|(_, e)| e))
+            .chain(self.org.iter())
+            .chain(self.key.iter())
+    }
+
+    /// Whether the change passes the filters that need no CEL: the
+    /// operation, and for updates the `changed:` columns.
+    fn selects(&self, change: &Change<'_>) -> bool {
+        if self.ops & change.op.bit() == 0 {
+            return false;
+        }
+        match (&self.changed, change.op) {
+            (Some(columns), Op::Update) => any_changed(columns, change),
+            _ => true,
+        }
+    }
+}
+
+/// Whether any of `columns` differs between the old and new row. A column
+/// Postgres reported as an unchanged TOASTed value did not change; without
+/// an old row (which the caller refuses at load for mappings with
+/// `changed:`), every other column counts as changed.
+fn any_changed(columns: &[String], change: &Change<'_>) -> bool {
+    columns.iter().any(|column| {
+        if change.unchanged_columns.iter().any(|u| u == column) {
+            return false;
+        }
+        match (change.new, change.old) {
+            (Some(new), Some(old)) => new.get(column) != old.get(column),
+            _ => true,
+        }
+    })
+}
+
+/// The mappings of one table.
+#[derive(Debug, Default)]
+pub(crate) struct TableMappings {
+    /// `schema.table`, the value of CEL's `table`.
+    pub qualified: String,
+    /// Indexes into the set's mappings, in load order.
+    pub mappings: Vec<usize>,
+}
+
+/// The compiled mappings, indexed by schema then table.
+pub(crate) struct Engine {
+    pub env: Arc<Env>,
+    pub mappings: Vec<Mapping>,
+    pub by_table: HashMap<String, HashMap<String, TableMappings>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("mappings", &self.mappings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(env: Arc<Env>, mappings: Vec<Mapping>) -> Engine {
+        let mut by_table: HashMap<String, HashMap<String, TableMappings>> = HashMap::new();
+        for (i, m) in mappings.iter().enumerate() {
+            let entry = by_table
+                .entry(m.schema.clone())
+                .or_default()
+                .entry(m.table.clone())
+                .or_insert_with(|| TableMappings {
+                    qualified: m.info.table.clone(),
+                    mappings: Vec::new(),
+                });
+            entry.mappings.push(i);
+        }
+        Engine {
+            env,
+            mappings,
+            by_table,
+        }
+    }
+
+    pub fn table(&self, schema: &str, table: &str) -> Option<&TableMappings> {
+        self.by_table.get(schema).and_then(|t| t.get(table))
+    }
+
+    pub fn apply(&self, change: &Change<'_>) -> Vec<Result<MappedEvent, MappingFailure>> {
+        let Some(entry) = self.table(change.schema, change.table) else {
+            return Vec::new();
+        };
+        let mut selected = Vec::with_capacity(entry.mappings.len());
+        let mut uses = Uses::default();
+        for &i in &entry.mappings {
+            let mapping = &self.mappings[i];
+            if mapping.selects(change) {
+                uses = uses.union(mapping.uses);
+                selected.push(mapping);
+            }
+        }
+        if selected.is_empty() {
+            return Vec::new();
+        }
+
+        let vars;
+        let context;
+        let ctx = if uses.cel {
+            vars = Vars::bind(change, &entry.qualified, uses);
+            let mut c = Context::with_env(Arc::clone(&self.env));
+            c.set_variable_resolver(&vars);
+            context = c;
+            Some(&context)
+        } else {
+            None
+        };
+        let run = Run {
+            change,
+            qualified: &entry.qualified,
+            ctx,
+        };
+        selected
+            .into_iter()
+            .filter_map(|mapping| run.mapping(mapping).transpose())
+            .collect()
+    }
+}
+
+/// The CEL variables of one change. Rows not read by any expression of the
+/// table are bound as `null` without converting them.
+struct Vars<'a> {
+    new: Box<dyn Val + 'a>,
+    old: Box<dyn Val + 'a>,
+    op: CelString<'static>,
+    table: CelString<'a>,
+    tx: Box<dyn Val + 'a>,
+}
+
+impl<'a> Vars<'a> {
+    fn bind(change: &Change<'a>, qualified: &'a str, uses: Uses) -> Vars<'a> {
+        let row = |row: Option<&'a Map<String, Json>>, used: bool| -> Box<dyn Val + 'a> {
+            match row {
+                Some(map) if used => Box::new(object_to_cel(map)),
+                Some(_) => Box::new(CelNull),
+                None => Box::new(AbsentRow),
+            }
+        };
+        let tx: Box<dyn Val + 'a> = if uses.tx {
+            let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(3);
+            map.insert(
+                CelMapKey::String(CelString::from("xid")),
+                Box::new(CelInt::from(i64::from(change.xid))),
+            );
+            map.insert(
+                CelMapKey::String(CelString::from("commit_ts")),
+                Box::new(CelString::from(change.commit_ts)),
+            );
+            map.insert(
+                CelMapKey::String(CelString::from("lsn")),
+                Box::new(CelString::from(change.lsn)),
+            );
+            Box::new(CelMap::from(map))
+        } else {
+            Box::new(CelNull)
+        };
+        Vars {
+            new: row(change.new, uses.new),
+            old: row(change.old, uses.old),
+            op: CelString::from(change.op.as_str()),
+            table: CelString::from(qualified),
+            tx,
+        }
+    }
+}
+
+impl VariableResolver for Vars<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let value: &'b (dyn Val + 'b) = match variable {
+            "new" => self.new.as_ref(),
+            "old" => self.old.as_ref(),
+            "op" => &self.op,
+            "table" => &self.table,
+            "tx" => self.tx.as_ref(),
+            _ => return None,
+        };
+        Some(CowVal::Borrowed(value))
+    }
+}
+
+/// The result of one expression, before it is turned into what the field
+/// needs.
+enum Out<'c> {
+    /// A column served from the JSON row.
+    Json(&'c Json),
+    /// A column of an absent row: null.
+    Absent,
+    Cel(CowVal<'c, 'c>),
+}
+
+/// One change being run through its table's mappings.
+struct Run<'c> {
+    change: &'c Change<'c>,
+    qualified: &'c str,
+    ctx: Option<&'c Context<'c, 'c>>,
+}
+
+impl<'c> Run<'c> {
+    /// The mapping's event, `None` when its `when` is false.
+    fn mapping(&self, m: &'c Mapping) -> Result<Option<MappedEvent>, MappingFailure> {
+        let fail = |message: String| MappingFailure {
+            mapping: m.info.name.clone(),
+            message,
+        };
+        if let Some(when) = &m.when {
+            if !self.truth(when).map_err(fail)? {
+                return Ok(None);
+            }
+        }
+        let topic = self.topic(&m.topic).map_err(fail)?;
+        let data = match &m.payload {
+            Some(fields) => {
+                let mut object = Map::new();
+                for (name, expr) in fields {
+                    let value = self
+                        .json(expr)
+                        .map_err(|e| fail(format!("in `payload.{name}`: {e}")))?;
+                    object.insert(name.clone(), value);
+                }
+                Json::Object(object)
+            }
+            None => self.default_data(),
+        };
+        let org_id = match &m.org {
+            Some(expr) => self.org(expr).map_err(fail)?,
+            None => None,
+        };
+        let key = match &m.key {
+            Some(expr) => self.key(expr).map_err(fail)?,
+            None => None,
+        };
+        let event_type = m
+            .event_type
+            .clone()
+            .unwrap_or_else(|| self.change.op.default_event_type().to_owned());
+        Ok(Some(MappedEvent {
+            mapping: m.info.name.clone(),
+            topic,
+            event_type,
+            data,
+            org_id,
+            key,
+        }))
+    }
+
+    fn eval(&self, expr: &'c Expr) -> Result<Out<'c>, String> {
+        match &expr.eval {
+            Eval::Column { row, column } => {
+                let row = match row {
+                    Row::New => self.change.new,
+                    Row::Old => self.change.old,
+                };
+                match row {
+                    None => Ok(Out::Absent),
+                    Some(map) => map
+                        .get(column)
+                        .map(Out::Json)
+                        .ok_or_else(|| format!("No such key: {column}")),
+                }
+            }
+            Eval::Cel(program) => {
+                let Some(ctx) = self.ctx else {
+                    return Err("internal error: CEL context not bound".to_owned());
+                };
+                CelValue::resolve_val(program.expression(), ctx)
+                    .map(Out::Cel)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    fn truth(&self, expr: &'c Expr) -> Result<bool, String> {
+        let got = match self.eval(expr).map_err(|e| format!("in `when`: {e}"))? {
+            Out::Json(Json::Bool(b)) => return Ok(*b),
+            Out::Json(j) => json_type(j),
+            Out::Absent => "null".to_owned(),
+            Out::Cel(v) => match v.downcast_ref::<CelBool>() {
+                Some(b) => return Ok(*b.inner()),
+                None => type_name(v.as_ref()),
+            },
+        };
+        Err(format!("`when` must be a bool, got {got}"))
+    }
+
+    fn json(&self, expr: &'c Expr) -> Result<Json, String> {
+        match self.eval(expr)? {
+            Out::Json(j) => Ok(j.clone()),
+            Out::Absent => Ok(Json::Null),
+            Out::Cel(v) => cel_to_json(v.as_ref()).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn text(&self, expr: &'c Expr) -> Result<Result<String, String>, String> {
+        Ok(match self.eval(expr)? {
+            Out::Json(j) => json_to_text(j),
+            Out::Absent => Err("null".to_owned()),
+            Out::Cel(v) => cel_to_text(v.as_ref()),
+        })
+    }
+
+    fn topic(&self, spec: &'c TopicSpec) -> Result<String, String> {
+        let parts = match spec {
+            TopicSpec::Fixed(topic) => return Ok(topic.clone()),
+            TopicSpec::Template(parts) => parts,
+        };
+        let mut topic = String::new();
+        for part in parts {
+            match part {
+                TopicPart::Literal(s) => topic.push_str(s),
+                TopicPart::Hole(expr) => {
+                    let hole = || format!("topic template `{{{{ {} }}}}`", expr.source);
+                    let text = self
+                        .text(expr)
+                        .map_err(|e| format!("in {}: {e}", hole()))?
+                        .map_err(|got| {
+                            format!(
+                                "{} gave {got}; it must give a string, a number or a bool",
+                                hole()
+                            )
+                        })?;
+                    if !template::is_segment_text(&text) {
+                        return Err(format!(
+                            "{} gave {text:?}; it may hold only letters, digits, '_' and '-'",
+                            hole()
+                        ));
+                    }
+                    topic.push_str(&text);
+                }
+            }
+        }
+        Topic::parse(&topic)
+            .map(Topic::into_string)
+            .map_err(|e| format!("rendered topic is invalid: {e}"))
+    }
+
+    fn org(&self, expr: &'c Expr) -> Result<Option<i64>, String> {
+        let got = match self.eval(expr).map_err(|e| format!("in `org`: {e}"))? {
+            Out::Json(Json::Null) | Out::Absent => return Ok(None),
+            Out::Json(Json::Number(n)) => match n.as_i64() {
+                Some(i) => return Ok(Some(i)),
+                None => format!("the number {n}"),
+            },
+            Out::Json(j) => json_type(j),
+            Out::Cel(v) => {
+                if let Some(i) = v.downcast_ref::<CelInt>() {
+                    return Ok(Some(*i.inner()));
+                }
+                if let Some(u) = v.downcast_ref::<CelUInt>() {
+                    match i64::try_from(*u.inner()) {
+                        Ok(i) => return Ok(Some(i)),
+                        Err(_) => format!("the uint {}", u.inner()),
+                    }
+                } else if v.downcast_ref::<CelNull>().is_some()
+                    || v.downcast_ref::<AbsentRow>().is_some()
+                {
+                    return Ok(None);
+                } else {
+                    type_name(v.as_ref())
+                }
+            }
+        };
+        Err(format!(
+            "`org` must be an int or null, got {got} (a numeric column arrives as a string: use int(...))"
+        ))
+    }
+
+    fn key(&self, expr: &'c Expr) -> Result<Option<String>, String> {
+        match self.text(expr).map_err(|e| format!("in `key`: {e}"))? {
+            Ok(text) => Ok(Some(text)),
+            Err(got) if got == "null" => Ok(None),
+            Err(got) => Err(format!(
+                "`key` must be a string, a number, a bool or null, got {got}"
+            )),
+        }
+    }
+
+    /// The data of a mapping without `payload`: the new row, the old row
+    /// for a delete, the table's name for a truncate.
+    fn default_data(&self) -> Json {
+        let row = match self.change.op {
+            Op::Insert | Op::Update => self.change.new,
+            Op::Delete => self.change.old,
+            Op::Truncate => {
+                let mut object = Map::new();
+                object.insert("table".to_owned(), Json::String(self.qualified.to_owned()));
+                return Json::Object(object);
+            }
+        };
+        row.map_or(Json::Null, |r| Json::Object(r.clone()))
+    }
+}
+
+fn json_type(value: &Json) -> String {
+    match value {
+        Json::Null => "null",
+        Json::Bool(_) => "bool",
+        Json::Number(_) => "number",
+        Json::String(_) => "string",
+        Json::Array(_) => "list",
+        Json::Object(_) => "map",
+    }
+    .to_owned()
+}

@@ -1,0 +1,283 @@
+//! Loading mapping files against a database, reloading them, and `pgtide check`.
+//!
+//! A load is all or nothing: the files must parse and compile, every mapped
+//! table and named column must exist, and a mapping that reads old values
+//! needs `REPLICA IDENTITY FULL` on its table. Only then does the new set
+//! replace the running one, the publication follow it, and its topics and
+//! schemas go into the registry. A failed reload keeps the running set and
+//! reports its errors (`/readyz`, `GET /v1/mappings`, the log).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use pgtide_cdc::setup::{self, TableName};
+use pgtide_gateway::MappingsView;
+use pgtide_mapping::{LoadError, MappingSet};
+use pgtide_store::Store;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Checks `set` against the database: tables and columns exist, old values
+/// are available where needed. With `fix_identity`, missing `REPLICA
+/// IDENTITY FULL` is set instead of reported.
+pub async fn check_against_db(
+    set: &MappingSet,
+    client: &tokio_postgres::Client,
+    fix_identity: bool,
+) -> anyhow::Result<Vec<LoadError>> {
+    let mut errors = Vec::new();
+    for m in set.mappings() {
+        let table = TableName::parse(&m.table)?;
+        let row = client
+            .query_opt(
+                "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+                &[&table.schema, &table.name],
+            )
+            .await?;
+        let at = |message: String| LoadError {
+            file: m.location.file.clone(),
+            line: m.location.line,
+            column: m.location.column,
+            message,
+        };
+        let Some(row) = row else {
+            errors.push(at(format!(
+                "mapping {:?}: table {table} does not exist",
+                m.name
+            )));
+            continue;
+        };
+        let oid: u32 = row.get(0);
+        let identity: String = row.get(1);
+        let columns: Vec<String> = client
+            .query(
+                "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for column in m.columns.iter().filter(|c| !columns.contains(c)) {
+            errors.push(at(format!(
+                "mapping {:?}: table {table} has no column {column:?} (it has {})",
+                m.name,
+                columns.join(", ")
+            )));
+        }
+        if m.needs_old && identity != "f" {
+            let fix = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
+            if fix_identity {
+                client.batch_execute(&fix).await?;
+                tracing::info!(%table, "set REPLICA IDENTITY FULL for mapping {:?}", m.name);
+            } else {
+                errors.push(at(format!(
+                    "mapping {:?} reads old values (changed: or old.) of {table}, which Postgres sends only with REPLICA IDENTITY FULL: run {fix}; (or start pgtide with --set-replica-identity-full)",
+                    m.name
+                )));
+            }
+        }
+    }
+    Ok(errors)
+}
+
+/// The tables the publication must hold: captured ones and mapped ones.
+pub fn publication_tables(
+    capture: &[TableName],
+    set: &MappingSet,
+) -> anyhow::Result<Vec<TableName>> {
+    let mut tables: Vec<TableName> = capture.to_vec();
+    for (schema, name) in set.tables() {
+        let t = TableName { schema, name };
+        if !tables.contains(&t) {
+            tables.push(t);
+        }
+    }
+    tables.sort();
+    Ok(tables)
+}
+
+/// Loads the directory and checks it against the database.
+pub async fn load(
+    dir: &Path,
+    client: &tokio_postgres::Client,
+    fix_identity: bool,
+) -> anyhow::Result<Result<MappingSet, Vec<LoadError>>> {
+    let set = match MappingSet::load_dir(dir) {
+        Ok(set) => set,
+        Err(errors) => return Ok(Err(errors)),
+    };
+    let errors = check_against_db(&set, client, fix_identity).await?;
+    Ok(if errors.is_empty() {
+        Ok(set)
+    } else {
+        Err(errors)
+    })
+}
+
+/// Mirrors the set's topics (and their schemas) into the registry. A schema
+/// the registry refuses is reported at its topic's place in the file.
+pub async fn sync_registry(set: &MappingSet, store: &Store) -> Vec<LoadError> {
+    let mut errors = Vec::new();
+    for topic in set.topics() {
+        let result = store
+            .sync_file_topic(
+                &topic.name,
+                topic.description.as_deref(),
+                topic.compatibility.as_deref(),
+                topic.schema.as_ref(),
+                &topic.location.file,
+            )
+            .await;
+        if let Err(e) = result {
+            errors.push(LoadError {
+                file: topic.location.file.clone(),
+                line: topic.location.line,
+                column: topic.location.column,
+                message: format!("topic {:?}: {e}", topic.name),
+            });
+        }
+    }
+    errors
+}
+
+/// What changes on disk: names, sizes and modification times of the files.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.path(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Everything a reload needs.
+pub struct Reloader {
+    pub dir: PathBuf,
+    pub source: tokio_postgres::Client,
+    pub store: Store,
+    pub publication: String,
+    pub capture: Vec<TableName>,
+    pub fix_identity: bool,
+    pub set: watch::Sender<Arc<MappingSet>>,
+    pub view: watch::Sender<MappingsView>,
+}
+
+impl Reloader {
+    /// One reload: swap in the new set if it is whole, else keep the running one.
+    pub async fn reload(&self) -> anyhow::Result<bool> {
+        let loaded = load(&self.dir, &self.source, self.fix_identity).await?;
+        match loaded {
+            Ok(set) => {
+                let tables = publication_tables(&self.capture, &set)?;
+                setup::ensure_publication(&self.source, &self.publication, &tables).await?;
+                let registry_errors = sync_registry(&set, &self.store).await;
+                for e in &registry_errors {
+                    tracing::error!("{e}");
+                }
+                let infos = set.mappings();
+                tracing::info!(mappings = infos.len(), topics = set.topics().len(), dir = %self.dir.display(), "mappings loaded");
+                self.set.send_replace(Arc::new(set));
+                self.view
+                    .send_replace(MappingsView::loaded(infos, registry_errors));
+                Ok(true)
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(
+                    count = errors.len(),
+                    "mapping reload failed; the running mappings stay"
+                );
+                self.view.send_modify(|v| v.errors = errors);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Reloads on SIGHUP and whenever the directory's files change (polled
+    /// every second), until shutdown.
+    pub async fn watch(self, shutdown: CancellationToken) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+                None
+            }
+        };
+        let mut seen = fingerprint(&self.dir);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hangup => {
+                    tracing::info!("SIGHUP: reloading mappings");
+                    seen = fingerprint(&self.dir);
+                }
+                _ = tick.tick() => {
+                    let now = fingerprint(&self.dir);
+                    if now == seen {
+                        continue;
+                    }
+                    tracing::info!(dir = %self.dir.display(), "mapping files changed: reloading");
+                    seen = now;
+                }
+            }
+            if let Err(e) = self.reload().await {
+                tracing::error!(error = %e, "mapping reload failed");
+            }
+        }
+    }
+}
+
+/// `pgtide check [DIR] [--database-url]`: every error on its own line as
+/// `file:line:column: message`; exit 1 on any.
+pub async fn check(dir: &Path, database_url: Option<&str>) -> anyhow::Result<bool> {
+    let set = match MappingSet::load_dir(dir) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in &errors {
+                println!("{e}");
+            }
+            eprintln!("{} error(s) in {}", errors.len(), dir.display());
+            return Ok(false);
+        }
+    };
+    if let Some(url) = database_url {
+        let client = pgtide_pg::PgConfig::parse(url)?.connect().await?;
+        let errors = check_against_db(&set, &client, false).await?;
+        if !errors.is_empty() {
+            for e in &errors {
+                println!("{e}");
+            }
+            eprintln!("{} error(s) in {}", errors.len(), dir.display());
+            return Ok(false);
+        }
+    }
+    println!(
+        "{}: {} mapping(s), {} topic(s) OK{}",
+        dir.display(),
+        set.mappings().len(),
+        set.topics().len(),
+        if database_url.is_some() {
+            " (checked against the database)"
+        } else {
+            ""
+        }
+    );
+    Ok(true)
+}

@@ -7,5 +7,6 @@ mod dev;
 mod durability;
 mod harness;
 mod http;
+mod mappings;
 mod registry;
 mod tls;

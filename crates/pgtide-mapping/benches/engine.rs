@@ -1,6 +1,7 @@
 //! Throughput of `MappingSet::apply`: changes per second on one core for a
 //! table with five mappings, each with `when`, a `payload` and a templated
-//! topic. Run with `cargo bench -p pgtide-mapping`.
+//! topic. Run with `cargo bench -p pgtide-mapping` (add `-- WORD` to run only
+//! the cases whose label contains WORD).
 //!
 //! Also measured: the same five mappings when only plain column reads are
 //! involved (no CEL interpreter at all), and a change on an unmapped table.
@@ -63,6 +64,13 @@ fn row(v: Value) -> Map<String, Value> {
 }
 
 fn measure(label: &str, set: &MappingSet, change: &Change<'_>, expect_events: usize) {
+    // `cargo bench -p pgtide-mapping -- WORD` runs only the cases whose
+    // label contains WORD (handy under a profiler).
+    if let Some(filter) = std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        if !label.contains(&filter) {
+            return;
+        }
+    }
     let produced = set.apply(change);
     let ok = produced.iter().filter(|r| r.is_ok()).count();
     assert_eq!(ok, expect_events, "{label}: {produced:?}");

@@ -129,6 +129,9 @@ pub struct DevArgs {
     /// Address to serve HTTP on.
     #[arg(long, env = "PGTIDE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Directory of mapping files.
+    #[arg(long, env = "PGTIDE_MAPPINGS", default_value = "./mappings")]
+    pub mappings: PathBuf,
     /// Tables to capture to default topics (default: every demo table).
     #[arg(long, env = "PGTIDE_CAPTURE", default_value = "*")]
     pub capture: String,

@@ -41,7 +41,7 @@ async fn serve(
     client.batch_execute(DEMO_SQL).await?;
     let serve = ServeArgs {
         listen: args.listen,
-        mappings: "./mappings".into(),
+        mappings: args.mappings.clone(),
         capture: args.capture.clone(),
         retention: std::time::Duration::from_secs(7 * 24 * 3600),
         insecure_no_auth: true,

@@ -510,3 +510,113 @@ async fn check_reports_every_error_with_its_place() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// Mappings created through the API run like file ones, are listed as
+/// `source: api`, survive a restart, and can be deleted; bad ones are
+/// refused with their errors; file mappings are read-only.
+#[tokio::test]
+async fn api_defined_mappings() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let client = db.client().await?;
+    client.batch_execute(SCHEMA).await?;
+    let dir = tempfile::tempdir()?;
+    write(
+        dir.path(),
+        "a.yaml",
+        "mappings:\n  - name: users\n    table: users\n    topic: users.changed\n",
+    )?;
+    let pgtide = start(&db, dir.path(), &[]).await?;
+    let http = pgtide.http();
+
+    let created = http
+        .post(pgtide.url("/v1/mappings"))
+        .json(&json!({"name": "plain-api", "table": "public.plain", "topic": "plain.api", "payload": {"v": "new.v"}}))
+        .send()
+        .await?;
+    assert_eq!(created.status().as_u16(), 201);
+    let created: Value = created.json().await?;
+    assert_eq!(created["source"], "api");
+    assert_eq!(created["read_only"], false);
+    client
+        .batch_execute("INSERT INTO plain VALUES (1, 'x')")
+        .await?;
+    let events = pgtide.wait_events(1).await?;
+    assert_eq!(summary(&events), [("plain.api".into(), json!({"v": "x"}))]);
+
+    for (body, needle) in [
+        (
+            json!({"name": "users", "table": "plain", "topic": "x.y"}),
+            "duplicate",
+        ),
+        (
+            json!({"name": "bad", "table": "plain", "topic": "x.y", "colour": 1}),
+            "colour",
+        ),
+        (
+            json!({"name": "bad", "table": "nowhere", "topic": "x.y"}),
+            "does not exist",
+        ),
+        (
+            json!({"name": "bad", "table": "plain", "topic": "x.y", "when": "new.v =="}),
+            "",
+        ),
+    ] {
+        let r = http
+            .post(pgtide.url("/v1/mappings"))
+            .json(&body)
+            .send()
+            .await?;
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+        let err: Value = r.json().await?;
+        assert_eq!(err["error"]["code"], "invalid_mapping");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(needle),
+            "{err}"
+        );
+        assert!(!err["error"]["details"].as_array().unwrap().is_empty());
+    }
+    let r = http.delete(pgtide.url("/v1/mappings/users")).send().await?;
+    assert_eq!(r.status().as_u16(), 409);
+    let listed = mappings_view(&pgtide).await?;
+    let names: Vec<(&str, &str)> = listed["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["source"].as_str().unwrap()))
+        .collect();
+    assert_eq!(names, [("users", "file"), ("plain-api", "api")]);
+
+    // Kept across a restart.
+    pgtide.stop().await?;
+    let pgtide = start(&db, dir.path(), &[]).await?;
+    assert_eq!(
+        mappings_view(&pgtide).await?["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let r = pgtide
+        .http()
+        .delete(pgtide.url("/v1/mappings/plain-api"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 204);
+    assert_eq!(
+        mappings_view(&pgtide).await?["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let r = pgtide
+        .http()
+        .delete(pgtide.url("/v1/mappings/plain-api"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 404);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

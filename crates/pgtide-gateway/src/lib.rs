@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use error::ApiError;
-pub use mappings::MappingsView;
+pub use mappings::{MappingCommand, MappingCommandError, MappingsView};
 
 /// Largest request body accepted (the contract's frame limit).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -34,6 +34,7 @@ pub struct AppState {
     pub store: Store,
     pub cdc: watch::Receiver<CdcStatus>,
     pub mappings: watch::Receiver<MappingsView>,
+    pub mapping_commands: tokio::sync::mpsc::Sender<mappings::MappingCommand>,
 }
 
 /// The whole router.

@@ -1,14 +1,78 @@
-//! `GET /v1/mappings`: the running mappings and the errors of the last load.
+//! `/v1/mappings`: the running mappings and the errors of the last load;
+//! creating and deleting API-defined mappings. Loading belongs to the binary,
+//! which answers [`MappingCommand`]s sent over a channel.
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::State;
-use axum::routing::get;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use bytes::Bytes;
 use pgtide_mapping::{LoadError, MappingInfo};
 use serde::Serialize;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
-use crate::AppState;
+use crate::events::json_body;
+use crate::{ApiError, AppState};
+
+/// A change to the API-defined mappings, answered once it is applied (the
+/// new set running) or refused (the running set unchanged).
+#[derive(Debug)]
+pub enum MappingCommand {
+    Create {
+        definition: Value,
+        respond: oneshot::Sender<Result<MappingInfo, MappingCommandError>>,
+    },
+    Delete {
+        name: String,
+        respond: oneshot::Sender<Result<(), MappingCommandError>>,
+    },
+}
+
+/// Why a mapping command was refused.
+#[derive(Debug)]
+pub enum MappingCommandError {
+    /// The set with this change would not load; each error has its place.
+    Invalid(Vec<LoadError>),
+    Store(pgtide_store::StoreError),
+    Internal(String),
+}
+
+impl From<MappingCommandError> for ApiError {
+    fn from(e: MappingCommandError) -> Self {
+        match e {
+            MappingCommandError::Invalid(errors) => {
+                let first = errors
+                    .first()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default();
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_mapping",
+                    format!("invalid mapping: {first}"),
+                )
+                .with_details(
+                    errors
+                        .iter()
+                        .map(|e| serde_json::to_value(e).unwrap_or(Value::Null))
+                        .collect(),
+                )
+            }
+            MappingCommandError::Store(e) => e.into(),
+            MappingCommandError::Internal(m) => {
+                tracing::error!(error = %m, "mapping command failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
 
 /// What the API and `/readyz` show of the mappings.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -31,7 +95,9 @@ impl MappingsView {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/mappings", get(list_mappings))
+    Router::new()
+        .route("/v1/mappings", get(list_mappings).post(create_mapping))
+        .route("/v1/mappings/{name}", delete(delete_mapping))
 }
 
 async fn list_mappings(State(state): State<AppState>) -> Json<Value> {
@@ -41,12 +107,70 @@ async fn list_mappings(State(state): State<AppState>) -> Json<Value> {
         .iter()
         .map(|m| {
             let mut v = serde_json::to_value(m).unwrap_or(Value::Null);
+            let from_api = m.location.file.starts_with(API_SOURCE_PREFIX);
             if let Value::Object(o) = &mut v {
-                o.insert("read_only".into(), Value::Bool(true));
-                o.insert("source".into(), Value::String("file".into()));
+                o.insert("read_only".into(), Value::Bool(!from_api));
+                o.insert(
+                    "source".into(),
+                    Value::String(if from_api { "api" } else { "file" }.into()),
+                );
             }
             v
         })
         .collect();
     Json(json!({"mappings": mappings, "errors": view.errors, "loaded_at": view.loaded_at}))
+}
+
+/// API-defined mappings are loaded from sources named `api:<name>`.
+pub const API_SOURCE_PREFIX: &str = "api:";
+
+async fn send_command<T>(
+    state: &AppState,
+    make: impl FnOnce(oneshot::Sender<Result<T, MappingCommandError>>) -> MappingCommand,
+) -> Result<T, ApiError> {
+    let (respond, answer) = oneshot::channel();
+    let unavailable = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "mappings cannot be changed right now",
+        )
+    };
+    state
+        .mapping_commands
+        .send(make(respond))
+        .await
+        .map_err(|_| unavailable())?;
+    Ok(answer.await.map_err(|_| unavailable())??)
+}
+
+async fn create_mapping(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let definition: Value = json_body(body)?;
+    if !definition.is_object() {
+        return Err(ApiError::bad_request(
+            "a mapping is a JSON object with name, table, topic, ...",
+        ));
+    }
+    let info = send_command(&state, |respond| MappingCommand::Create {
+        definition,
+        respond,
+    })
+    .await?;
+    let mut v = serde_json::to_value(info).unwrap_or(Value::Null);
+    if let Value::Object(o) = &mut v {
+        o.insert("read_only".into(), Value::Bool(false));
+        o.insert("source".into(), Value::String("api".into()));
+    }
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+async fn delete_mapping(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    send_command(&state, |respond| MappingCommand::Delete { name, respond }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

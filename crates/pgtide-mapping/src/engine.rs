@@ -10,17 +10,24 @@
 
 use crate::MappingFailure;
 use crate::expr::{Eval, Expr, Row, Uses};
+use crate::fast::{Scope, V};
 use crate::set::MappingInfo;
 use crate::template;
-use crate::value::{AbsentRow, cel_to_json, cel_to_text, json_to_text, object_to_cel, type_name};
+use crate::value::{
+    AbsentRow, cel_to_json, cel_to_text, double_to_json, json_to_cel, json_to_text,
+    object_to_cel, type_name,
+};
 use cel::common::types::{CelBool, CelInt, CelMap, CelMapKey, CelNull, CelString, CelUInt};
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
-use cel::{Context, Env, Value as CelValue};
+use cel::{Context, Env, Program, Value as CelValue};
 use pgtide_core::Topic;
 use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// The longest topic pgtide-core accepts.
+const MAX_TOPIC_LEN: usize = 255;
 
 /// A row operation, as pgoutput reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -256,7 +263,7 @@ impl Engine {
         let vars;
         let context;
         let ctx = if uses.cel {
-            vars = Vars::bind(change, &entry.qualified, uses);
+            vars = Vars::bind(change, &entry.qualified);
             let mut c = Context::with_env(Arc::clone(&self.env));
             c.set_variable_resolver(&vars);
             context = c;
@@ -266,7 +273,10 @@ impl Engine {
         };
         let run = Run {
             change,
-            qualified: &entry.qualified,
+            scope: Scope {
+                change,
+                qualified: &entry.qualified,
+            },
             ctx,
         };
         selected
@@ -276,49 +286,85 @@ impl Engine {
     }
 }
 
-/// The CEL variables of one change. Rows not read by any expression of the
-/// table are bound as `null` without converting them.
+/// The CEL variables of one change, bound lazily: CEL asks for `new.status`
+/// as a whole name before it asks for `new`, so a column read is answered
+/// by converting that one column, and the whole row is only converted into
+/// a CEL map when an expression uses it as a value (`has(new.x)`,
+/// `'x' in new`, `new` in a payload, a missing column's error).
 struct Vars<'a> {
-    new: Box<dyn Val + 'a>,
-    old: Box<dyn Val + 'a>,
+    change: &'a Change<'a>,
+    new: OnceLock<Box<dyn Val + 'a>>,
+    old: OnceLock<Box<dyn Val + 'a>>,
+    tx: OnceLock<Box<dyn Val + 'a>>,
     op: CelString<'static>,
     table: CelString<'a>,
-    tx: Box<dyn Val + 'a>,
+    xid: CelInt,
+    commit_ts: CelString<'a>,
+    lsn: CelString<'a>,
 }
 
 impl<'a> Vars<'a> {
-    fn bind(change: &Change<'a>, qualified: &'a str, uses: Uses) -> Vars<'a> {
-        let row = |row: Option<&'a Map<String, Json>>, used: bool| -> Box<dyn Val + 'a> {
-            match row {
-                Some(map) if used => Box::new(object_to_cel(map)),
-                Some(_) => Box::new(CelNull),
-                None => Box::new(AbsentRow),
-            }
-        };
-        let tx: Box<dyn Val + 'a> = if uses.tx {
-            let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(3);
-            map.insert(
-                CelMapKey::String(CelString::from("xid")),
-                Box::new(CelInt::from(i64::from(change.xid))),
-            );
-            map.insert(
-                CelMapKey::String(CelString::from("commit_ts")),
-                Box::new(CelString::from(change.commit_ts)),
-            );
-            map.insert(
-                CelMapKey::String(CelString::from("lsn")),
-                Box::new(CelString::from(change.lsn)),
-            );
-            Box::new(CelMap::from(map))
-        } else {
-            Box::new(CelNull)
-        };
+    fn bind(change: &'a Change<'a>, qualified: &'a str) -> Vars<'a> {
         Vars {
-            new: row(change.new, uses.new),
-            old: row(change.old, uses.old),
+            change,
+            new: OnceLock::new(),
+            old: OnceLock::new(),
+            tx: OnceLock::new(),
             op: CelString::from(change.op.as_str()),
             table: CelString::from(qualified),
-            tx,
+            xid: CelInt::from(i64::from(change.xid)),
+            commit_ts: CelString::from(change.commit_ts),
+            lsn: CelString::from(change.lsn),
+        }
+    }
+
+    fn row(&self, row: Row) -> &(dyn Val + 'a) {
+        let (cell, map) = match row {
+            Row::New => (&self.new, self.change.new),
+            Row::Old => (&self.old, self.change.old),
+        };
+        cell.get_or_init(|| match map {
+            Some(map) => Box::new(object_to_cel(map)),
+            None => Box::new(AbsentRow),
+        })
+        .as_ref()
+    }
+
+    fn tx(&self) -> &(dyn Val + 'a) {
+        self.tx
+            .get_or_init(|| {
+                let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(3);
+                map.insert(
+                    CelMapKey::String(CelString::from("xid")),
+                    Box::new(self.xid),
+                );
+                map.insert(
+                    CelMapKey::String(CelString::from("commit_ts")),
+                    Box::new(self.commit_ts.clone()),
+                );
+                map.insert(
+                    CelMapKey::String(CelString::from("lsn")),
+                    Box::new(self.lsn.clone()),
+                );
+                Box::new(CelMap::from(map))
+            })
+            .as_ref()
+    }
+
+    /// `new.col` or `old.col` as one name: the column alone, or `None` to
+    /// let CEL select it from the whole row (a missing column, whose error
+    /// CEL words).
+    fn column<'b>(&'b self, row: Row, column: &str) -> Option<CowVal<'b, 'b>> {
+        if column.contains('.') {
+            return None;
+        }
+        let map = match row {
+            Row::New => self.change.new,
+            Row::Old => self.change.old,
+        };
+        match map {
+            None => Some(CowVal::owned(CelNull)),
+            Some(map) => map.get(column).map(|v| CowVal::Owned(json_to_cel(v))),
         }
     }
 }
@@ -326,12 +372,23 @@ impl<'a> Vars<'a> {
 impl VariableResolver for Vars<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         let value: &'b (dyn Val + 'b) = match variable {
-            "new" => self.new.as_ref(),
-            "old" => self.old.as_ref(),
+            "new" => self.row(Row::New),
+            "old" => self.row(Row::Old),
             "op" => &self.op,
             "table" => &self.table,
-            "tx" => self.tx.as_ref(),
-            _ => return None,
+            "tx" => self.tx(),
+            "tx.xid" => &self.xid,
+            "tx.commit_ts" => &self.commit_ts,
+            "tx.lsn" => &self.lsn,
+            _ => {
+                if let Some(column) = variable.strip_prefix("new.") {
+                    return self.column(Row::New, column);
+                }
+                if let Some(column) = variable.strip_prefix("old.") {
+                    return self.column(Row::Old, column);
+                }
+                return None;
+            }
         };
         Some(CowVal::Borrowed(value))
     }
@@ -344,13 +401,15 @@ enum Out<'c> {
     Json(&'c Json),
     /// A column of an absent row: null.
     Absent,
+    /// A value of the native subset.
+    Fast(V<'c>),
     Cel(CowVal<'c, 'c>),
 }
 
 /// One change being run through its table's mappings.
 struct Run<'c> {
     change: &'c Change<'c>,
-    qualified: &'c str,
+    scope: Scope<'c>,
     ctx: Option<&'c Context<'c, 'c>>,
 }
 
@@ -417,21 +476,29 @@ impl<'c> Run<'c> {
                         .ok_or_else(|| format!("No such key: {column}")),
                 }
             }
-            Eval::Cel(program) => {
-                let Some(ctx) = self.ctx else {
-                    return Err("internal error: CEL context not bound".to_owned());
-                };
-                CelValue::resolve_val(program.expression(), ctx)
-                    .map(Out::Cel)
-                    .map_err(|e| e.to_string())
-            }
+            Eval::Fast { fast, program } => match fast.eval(&self.scope) {
+                Some(v) => Ok(Out::Fast(v)),
+                None => self.cel(program),
+            },
+            Eval::Cel(program) => self.cel(program),
         }
+    }
+
+    fn cel(&self, program: &'c Program) -> Result<Out<'c>, String> {
+        let Some(ctx) = self.ctx else {
+            return Err("internal error: CEL context not bound".to_owned());
+        };
+        CelValue::resolve_val(program.expression(), ctx)
+            .map(Out::Cel)
+            .map_err(|e| e.to_string())
     }
 
     fn truth(&self, expr: &'c Expr) -> Result<bool, String> {
         let got = match self.eval(expr).map_err(|e| format!("in `when`: {e}"))? {
             Out::Json(Json::Bool(b)) => return Ok(*b),
+            Out::Fast(V::Bool(b)) => return Ok(b),
             Out::Json(j) => json_type(j),
+            Out::Fast(v) => v.type_name().to_owned(),
             Out::Absent => "null".to_owned(),
             Out::Cel(v) => match v.downcast_ref::<CelBool>() {
                 Some(b) => return Ok(*b.inner()),
@@ -445,6 +512,7 @@ impl<'c> Run<'c> {
         match self.eval(expr)? {
             Out::Json(j) => Ok(j.clone()),
             Out::Absent => Ok(Json::Null),
+            Out::Fast(v) => Ok(fast_to_json(v)),
             Out::Cel(v) => cel_to_json(v.as_ref()).map_err(|e| e.to_string()),
         }
     }
@@ -452,7 +520,12 @@ impl<'c> Run<'c> {
     fn text(&self, expr: &'c Expr) -> Result<Result<String, String>, String> {
         Ok(match self.eval(expr)? {
             Out::Json(j) => json_to_text(j),
-            Out::Absent => Err("null".to_owned()),
+            Out::Absent | Out::Fast(V::Null) => Err("null".to_owned()),
+            Out::Fast(V::Str(s)) => Ok(s.to_owned()),
+            Out::Fast(V::Int(i)) => Ok(i.to_string()),
+            Out::Fast(V::UInt(u)) => Ok(u.to_string()),
+            Out::Fast(V::Double(d)) => Ok(d.to_string()),
+            Out::Fast(V::Bool(b)) => Ok(b.to_string()),
             Out::Cel(v) => cel_to_text(v.as_ref()),
         })
     }
@@ -462,7 +535,7 @@ impl<'c> Run<'c> {
             TopicSpec::Fixed(topic) => return Ok(topic.clone()),
             TopicSpec::Template(parts) => parts,
         };
-        let mut topic = String::new();
+        let mut topic = String::with_capacity(64);
         for part in parts {
             match part {
                 TopicPart::Literal(s) => topic.push_str(s),
@@ -487,14 +560,32 @@ impl<'c> Run<'c> {
                 }
             }
         }
-        Topic::parse(&topic)
-            .map(Topic::into_string)
-            .map_err(|e| format!("rendered topic is invalid: {e}"))
+        // The literal parts were checked at load and holes hold only segment
+        // characters, so only an empty hole or the length can break the
+        // topic; the full check runs only to word the error.
+        let fine = !topic.is_empty()
+            && topic.len() <= MAX_TOPIC_LEN
+            && !topic.starts_with('.')
+            && !topic.ends_with('.')
+            && !topic.contains("..");
+        if fine {
+            return Ok(topic);
+        }
+        match Topic::parse(&topic) {
+            Ok(t) => Ok(t.into_string()),
+            Err(e) => Err(format!("rendered topic is invalid: {e}")),
+        }
     }
 
     fn org(&self, expr: &'c Expr) -> Result<Option<i64>, String> {
         let got = match self.eval(expr).map_err(|e| format!("in `org`: {e}"))? {
-            Out::Json(Json::Null) | Out::Absent => return Ok(None),
+            Out::Json(Json::Null) | Out::Absent | Out::Fast(V::Null) => return Ok(None),
+            Out::Fast(V::Int(i)) => return Ok(Some(i)),
+            Out::Fast(V::UInt(u)) => match i64::try_from(u) {
+                Ok(i) => return Ok(Some(i)),
+                Err(_) => format!("the uint {u}"),
+            },
+            Out::Fast(v) => v.type_name().to_owned(),
             Out::Json(Json::Number(n)) => match n.as_i64() {
                 Some(i) => return Ok(Some(i)),
                 None => format!("the number {n}"),
@@ -541,11 +632,25 @@ impl<'c> Run<'c> {
             Op::Delete => self.change.old,
             Op::Truncate => {
                 let mut object = Map::new();
-                object.insert("table".to_owned(), Json::String(self.qualified.to_owned()));
+                object.insert(
+                    "table".to_owned(),
+                    Json::String(self.scope.qualified.to_owned()),
+                );
                 return Json::Object(object);
             }
         };
         row.map_or(Json::Null, |r| Json::Object(r.clone()))
+    }
+}
+
+fn fast_to_json(v: V<'_>) -> Json {
+    match v {
+        V::Null => Json::Null,
+        V::Bool(b) => Json::Bool(b),
+        V::Int(i) => Json::from(i),
+        V::UInt(u) => Json::from(u),
+        V::Double(d) => double_to_json(d),
+        V::Str(s) => Json::String(s.to_owned()),
     }
 }
 

@@ -11,6 +11,7 @@
 
 use cel::common::ast::operators::INDEX;
 use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue};
+use crate::fast::{self, Fast};
 use cel::{Env, IdedExpr, Program};
 
 /// The variables CEL sees, as a set.
@@ -47,6 +48,9 @@ pub(crate) enum Row {
 pub(crate) enum Eval {
     /// `new.col` or `old.col`: a lookup in the JSON row.
     Column { row: Row, column: String },
+    /// The native subset of [`crate::fast`], with the program to fall back
+    /// on when the fast evaluator cannot decide.
+    Fast { fast: Fast, program: Program },
     /// Anything else.
     Cel(Program),
 }
@@ -125,7 +129,10 @@ pub(crate) fn compile(env: &Env, source: &str) -> Result<Expr, String> {
             uses.cel = false;
             Eval::Column { row, column }
         }
-        None => Eval::Cel(program),
+        None => match fast::compile(program.expression()) {
+            Some(fast) => Eval::Fast { fast, program },
+            None => Eval::Cel(program),
+        },
     };
     Ok(Expr {
         source: source.to_owned(),

@@ -11,7 +11,8 @@
 //!   tables, operations, schemas) and compiles the CEL, collecting every
 //!   problem as a [`LoadError`] at its place.
 //! - [`expr`] and [`template`]: one CEL expression, and a topic template
-//!   with `{{ expr }}` holes, as compiled at load.
+//!   with `{{ expr }}` holes, as compiled at load; [`fast`] evaluates the
+//!   everyday subset of CEL natively, falling back to CEL when unsure.
 //! - [`engine`]: runs one [`Change`] through the mappings of its table and
 //!   returns a [`MappedEvent`] or a [`MappingFailure`] per matching mapping.
 //! - [`value`]: converts between JSON rows and CEL values.
@@ -25,7 +26,8 @@
 mod engine;
 mod error;
 mod expr;
-mod load;
+mod fast;
+pub mod load;
 mod set;
 mod template;
 mod value;

@@ -43,7 +43,7 @@ pub(crate) struct Loaded {
 
 /// Reads the `*.yaml` / `*.yml` files of `dir`, sorted by name. A missing
 /// directory has no files.
-pub(crate) fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, Vec<LoadError>> {
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, Vec<LoadError>> {
     let whole = |message: String| {
         vec![LoadError {
             file: dir.display().to_string(),

@@ -133,7 +133,7 @@ fn key_text(key: &CelMapKey<'_>) -> String {
     }
 }
 
-fn double_to_json(d: f64) -> Json {
+pub(crate) fn double_to_json(d: f64) -> Json {
     match Number::from_f64(d) {
         Some(n) => Json::Number(n),
         None if d.is_nan() => Json::String("NaN".into()),

@@ -12,6 +12,7 @@
 
 pub mod dead_letters;
 pub mod events;
+pub mod mappings;
 pub mod migrate;
 pub mod progress;
 pub mod registry;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use dead_letters::{DeadLetter, DeadLetterKind, DeadLetterRecord};
 pub use events::{CdcWrite, EventQuery, StoredBatch};
+pub use mappings::ApiMapping;
 pub use progress::{CdcProgress, KnownRelation};
 pub use registry::{Owner, SchemaCache, ValidationIssue};
 

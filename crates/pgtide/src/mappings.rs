@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pgtide_cdc::setup::{self, TableName};
-use pgtide_gateway::MappingsView;
-use pgtide_mapping::{LoadError, MappingSet};
+use pgtide_gateway::mappings::API_SOURCE_PREFIX;
+use pgtide_gateway::{MappingCommand, MappingCommandError, MappingsView};
+use pgtide_mapping::{LoadError, MappingInfo, MappingSet};
 use pgtide_store::Store;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Checks `set` against the database: tables and columns exist, old values
@@ -99,24 +100,6 @@ pub fn publication_tables(
     Ok(tables)
 }
 
-/// Loads the directory and checks it against the database.
-pub async fn load(
-    dir: &Path,
-    client: &tokio_postgres::Client,
-    fix_identity: bool,
-) -> anyhow::Result<Result<MappingSet, Vec<LoadError>>> {
-    let set = match MappingSet::load_dir(dir) {
-        Ok(set) => set,
-        Err(errors) => return Ok(Err(errors)),
-    };
-    let errors = check_against_db(&set, client, fix_identity).await?;
-    Ok(if errors.is_empty() {
-        Ok(set)
-    } else {
-        Err(errors)
-    })
-}
-
 /// Mirrors the set's topics (and their schemas) into the registry. A schema
 /// the registry refuses is reported at its topic's place in the file.
 pub async fn sync_registry(set: &MappingSet, store: &Store) -> Vec<LoadError> {
@@ -171,22 +154,86 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// The files of the directory and the API-defined mappings, plus `extra`.
+    async fn sources(
+        &self,
+        extra: Option<(String, String)>,
+    ) -> anyhow::Result<Result<Vec<(String, String)>, Vec<LoadError>>> {
+        let mut sources = match pgtide_mapping::load::read_dir(&self.dir) {
+            Ok(files) => files
+                .into_iter()
+                .map(|(name, text)| (self.dir.join(name).display().to_string(), text))
+                .collect::<Vec<_>>(),
+            Err(errors) => return Ok(Err(errors)),
+        };
+        for m in self.store.api_mappings().await? {
+            sources.push((format!("{API_SOURCE_PREFIX}{}", m.name), m.source));
+        }
+        sources.extend(extra);
+        Ok(Ok(sources))
+    }
+
+    /// Loads files, API mappings and `extra`, and checks them against the database.
+    pub async fn candidate(
+        &self,
+        extra: Option<(String, String)>,
+    ) -> anyhow::Result<Result<MappingSet, Vec<LoadError>>> {
+        let sources = match self.sources(extra).await? {
+            Ok(sources) => sources,
+            Err(errors) => return Ok(Err(errors)),
+        };
+        let set = match MappingSet::load_sources(&sources, &self.dir) {
+            Ok(set) => set,
+            Err(errors) => return Ok(Err(errors)),
+        };
+        let errors = check_against_db(&set, &self.source, self.fix_identity).await?;
+        Ok(if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(errors)
+        })
+    }
+
+    /// Makes `set` the running one: publication, registry, then the swap.
+    pub async fn apply(&self, set: MappingSet) -> anyhow::Result<()> {
+        let tables = publication_tables(&self.capture, &set)?;
+        setup::ensure_publication(&self.source, &self.publication, &tables).await?;
+        let mut registry_errors = sync_registry(&set, &self.store).await;
+        let infos = set.mappings();
+        let files: Vec<(String, String, serde_json::Value)> = infos
+            .iter()
+            .filter(|m| !m.location.file.starts_with(API_SOURCE_PREFIX))
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    m.location.file.clone(),
+                    serde_json::to_value(m).unwrap_or_default(),
+                )
+            })
+            .collect();
+        if let Err(e) = self.store.sync_file_mappings(&files).await {
+            registry_errors.push(LoadError {
+                file: self.dir.display().to_string(),
+                line: 1,
+                column: 1,
+                message: format!("mirroring the mappings into the registry failed: {e}"),
+            });
+        }
+        for e in &registry_errors {
+            tracing::error!("{e}");
+        }
+        tracing::info!(mappings = infos.len(), topics = set.topics().len(), dir = %self.dir.display(), "mappings loaded");
+        self.set.send_replace(Arc::new(set));
+        self.view
+            .send_replace(MappingsView::loaded(infos, registry_errors));
+        Ok(())
+    }
+
     /// One reload: swap in the new set if it is whole, else keep the running one.
     pub async fn reload(&self) -> anyhow::Result<bool> {
-        let loaded = load(&self.dir, &self.source, self.fix_identity).await?;
-        match loaded {
+        match self.candidate(None).await? {
             Ok(set) => {
-                let tables = publication_tables(&self.capture, &set)?;
-                setup::ensure_publication(&self.source, &self.publication, &tables).await?;
-                let registry_errors = sync_registry(&set, &self.store).await;
-                for e in &registry_errors {
-                    tracing::error!("{e}");
-                }
-                let infos = set.mappings();
-                tracing::info!(mappings = infos.len(), topics = set.topics().len(), dir = %self.dir.display(), "mappings loaded");
-                self.set.send_replace(Arc::new(set));
-                self.view
-                    .send_replace(MappingsView::loaded(infos, registry_errors));
+                self.apply(set).await?;
                 Ok(true)
             }
             Err(errors) => {
@@ -203,9 +250,70 @@ impl Reloader {
         }
     }
 
+    async fn create(
+        &self,
+        definition: serde_json::Value,
+    ) -> Result<MappingInfo, MappingCommandError> {
+        let internal = |e: anyhow::Error| MappingCommandError::Internal(format!("{e:#}"));
+        let Some(name) = definition
+            .get("name")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+        else {
+            return Err(MappingCommandError::Invalid(vec![LoadError {
+                file: format!("{API_SOURCE_PREFIX}(unnamed)"),
+                line: 1,
+                column: 1,
+                message: "missing field `name`".into(),
+            }]));
+        };
+        let source = serde_json::to_string(&serde_json::json!({ "mappings": [definition] }))
+            .map_err(|e| internal(e.into()))?;
+        let set = match self
+            .candidate(Some((format!("{API_SOURCE_PREFIX}{name}"), source.clone())))
+            .await
+            .map_err(internal)?
+        {
+            Ok(set) => set,
+            Err(errors) => return Err(MappingCommandError::Invalid(errors)),
+        };
+        let info = set
+            .mappings()
+            .into_iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| {
+                MappingCommandError::Internal("the new mapping is missing from its own set".into())
+            })?;
+        self.store
+            .save_api_mapping(
+                &name,
+                &source,
+                &serde_json::to_value(&info).unwrap_or_default(),
+            )
+            .await
+            .map_err(MappingCommandError::Store)?;
+        self.apply(set).await.map_err(internal)?;
+        Ok(info)
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), MappingCommandError> {
+        self.store
+            .delete_api_mapping(name)
+            .await
+            .map_err(MappingCommandError::Store)?;
+        self.reload()
+            .await
+            .map_err(|e| MappingCommandError::Internal(format!("{e:#}")))?;
+        Ok(())
+    }
+
     /// Reloads on SIGHUP and whenever the directory's files change (polled
-    /// every second), until shutdown.
-    pub async fn watch(self, shutdown: CancellationToken) {
+    /// every second), and applies API commands, until shutdown.
+    pub async fn run(
+        self,
+        mut commands: mpsc::Receiver<MappingCommand>,
+        shutdown: CancellationToken,
+    ) {
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -224,6 +332,18 @@ impl Reloader {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                command = commands.recv() => {
+                    match command {
+                        Some(MappingCommand::Create { definition, respond }) => {
+                            let _ = respond.send(self.create(definition).await);
+                        }
+                        Some(MappingCommand::Delete { name, respond }) => {
+                            let _ = respond.send(self.delete(&name).await);
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                    continue;
+                }
                 _ = hangup => {
                     tracing::info!("SIGHUP: reloading mappings");
                     seen = fingerprint(&self.dir);

@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use pgtide_cdc::{Capture, CdcConfig, CdcStatus, setup};
 use pgtide_gateway::{AppState, MappingsView};
+use pgtide_mapping::MappingSet;
 use pgtide_pg::PgConfig;
 use pgtide_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -111,22 +112,34 @@ pub async fn start(
     let client = source.connect().await?;
     setup::preflight(&client, &slot.slot).await?;
     let captured = setup::resolve_tables(&client, &capture).await?;
-    let set =
-        match mappings::load(&serve.mappings, &client, serve.set_replica_identity_full).await? {
-            Ok(set) => set,
-            Err(errors) => {
-                let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                bail!(
-                    "the mapping files in {} have {} error(s):\n{}",
-                    serve.mappings.display(),
-                    errors.len(),
-                    lines.join("\n")
-                );
-            }
-        };
     migrate_store(store_config).await?;
+    let store = Store::new(store_config, 16)?;
+    let (set_tx, set_rx) = watch::channel(Arc::new(MappingSet::empty()));
+    let (view_tx, view_rx) = watch::channel(MappingsView::default());
+    let reloader = mappings::Reloader {
+        dir: serve.mappings.clone(),
+        source: client,
+        store: store.clone(),
+        publication: slot.publication.clone(),
+        capture: captured.clone(),
+        fix_identity: serve.set_replica_identity_full,
+        set: set_tx,
+        view: view_tx,
+    };
+    let set = match reloader.candidate(None).await? {
+        Ok(set) => set,
+        Err(errors) => {
+            let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            bail!(
+                "the mappings in {} have {} error(s):\n{}",
+                serve.mappings.display(),
+                errors.len(),
+                lines.join("\n")
+            );
+        }
+    };
     let tables = mappings::publication_tables(&captured, &set)?;
-    setup::prepare(&client, &slot.slot, &slot.publication, &tables).await?;
+    setup::prepare(&reloader.source, &slot.slot, &slot.publication, &tables).await?;
     tracing::info!(
         slot = %slot.slot,
         publication = %slot.publication,
@@ -134,15 +147,9 @@ pub async fn start(
         mappings = set.mappings().len(),
         "capturing"
     );
-
-    let store = Store::new(store_config, 16)?;
-    let registry_errors = mappings::sync_registry(&set, &store).await;
-    for e in &registry_errors {
-        tracing::error!("{e}");
-    }
+    reloader.apply(set).await?;
     store.reload_schemas().await?;
-    let view = watch::Sender::new(MappingsView::loaded(set.mappings(), registry_errors));
-    let set = watch::Sender::new(Arc::new(set));
+
     let (status_tx, status_rx) = watch::channel(CdcStatus::default());
     let config = CdcConfig {
         source: source.clone(),
@@ -150,8 +157,8 @@ pub async fn start(
         publication: slot.publication.clone(),
         max_batch: serve.max_batch,
         heartbeat: serve.heartbeat,
-        capture: captured.clone(),
-        mappings: set.subscribe(),
+        capture: captured,
+        mappings: set_rx,
     };
     let cdc = tokio::spawn(pgtide_cdc::run(
         config,
@@ -160,22 +167,14 @@ pub async fn start(
         shutdown.clone(),
     ));
     spawn_retention(store.clone(), serve.retention, shutdown.clone());
+    let (commands_tx, commands_rx) = mpsc::channel(16);
     let state = AppState {
-        store: store.clone(),
-        cdc: status_rx,
-        mappings: view.subscribe(),
-    };
-    let reloader = mappings::Reloader {
-        dir: serve.mappings.clone(),
-        source: client,
         store,
-        publication: slot.publication.clone(),
-        capture: captured,
-        fix_identity: serve.set_replica_identity_full,
-        set,
-        view,
+        cdc: status_rx,
+        mappings: view_rx,
+        mapping_commands: commands_tx,
     };
-    tokio::spawn(reloader.watch(shutdown.clone()));
+    tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
     let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));
     Ok(Running {

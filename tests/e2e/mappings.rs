@@ -215,6 +215,44 @@ async fn mapping_patterns_end_to_end() -> anyhow::Result<()> {
     assert_eq!(letters[1]["topic"], "session.ended");
     assert!(kinds[1].1.contains("/session_id"), "{kinds:?}");
 
+    // Retrying the mapping failure before the mapping changes fails again (422);
+    // after a fix, the retry stores the event and removes the dead letter.
+    let mapping_letter = letters[0]["id"].as_i64().unwrap();
+    let retry_url = pgtide.url(&format!("/v1/dead-letters/{mapping_letter}/retry"));
+    let again = pgtide.http().post(&retry_url).send().await?;
+    assert_eq!(again.status().as_u16(), 422);
+    write(
+        dir.path(),
+        "app.yaml",
+        &MAPPINGS.replace(
+            "\"sessions.{{ new.status }}\"",
+            "\"sessions.{{ new.status == null ? 'none' : new.status }}\"",
+        ),
+    )?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let retried = pgtide.http().post(&retry_url).send().await?;
+        if retried.status().is_success() {
+            let body: Value = retried.json().await?;
+            assert_eq!(body["events"][0]["topic"], "sessions.none", "{body}");
+            assert_eq!(body["events"][0]["meta"]["retried_from"], mapping_letter);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fixed mapping was not reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left: Value = pgtide
+        .http()
+        .get(pgtide.url("/v1/dead-letters?kind=mapping"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(left["dead_letters"].as_array().unwrap().len(), 0);
+
     // File topics are in the registry, read-only.
     let topic: Value = pgtide
         .http()

@@ -30,6 +30,12 @@ pub enum MappingCommand {
         name: String,
         respond: oneshot::Sender<Result<(), MappingCommandError>>,
     },
+    /// Runs the mapping a dead letter names over its change again, with the
+    /// running set, and stores what it makes.
+    Retry {
+        letter: Box<pgtide_store::DeadLetterRecord>,
+        respond: oneshot::Sender<Result<Vec<pgtide_core::Event>, MappingCommandError>>,
+    },
 }
 
 /// Why a mapping command was refused.
@@ -38,6 +44,8 @@ pub enum MappingCommandError {
     /// The set with this change would not load; each error has its place.
     Invalid(Vec<LoadError>),
     Store(pgtide_store::StoreError),
+    /// The mapping failed again (or is gone): 422 with the reason.
+    Failed(String),
     Internal(String),
 }
 
@@ -62,6 +70,9 @@ impl From<MappingCommandError> for ApiError {
                 )
             }
             MappingCommandError::Store(e) => e.into(),
+            MappingCommandError::Failed(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "mapping_failed", m)
+            }
             MappingCommandError::Internal(m) => {
                 tracing::error!(error = %m, "mapping command failed");
                 ApiError::new(

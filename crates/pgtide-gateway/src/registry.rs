@@ -219,6 +219,27 @@ async fn retry_dead_letter(
             state.store.delete_dead_letter(id).await?;
             Ok(Json(json!({"retried": id, "events": published})))
         }
+        DeadLetterKind::Mapping => {
+            let (respond, answer) = tokio::sync::oneshot::channel();
+            let unavailable = || {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "mappings are not running right now",
+                )
+            };
+            state
+                .mapping_commands
+                .send(crate::MappingCommand::Retry {
+                    letter: Box::new(letter),
+                    respond,
+                })
+                .await
+                .map_err(|_| unavailable())?;
+            let events = answer.await.map_err(|_| unavailable())??;
+            state.store.delete_dead_letter(id).await?;
+            Ok(Json(json!({"retried": id, "events": events})))
+        }
         other => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_retryable",

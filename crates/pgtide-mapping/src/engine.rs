@@ -10,12 +10,12 @@
 
 use crate::MappingFailure;
 use crate::expr::{Eval, Expr, Row, Uses};
-use crate::fast::{Scope, V};
+use crate::fast::{Col, Lookup, Scope, V};
 use crate::set::MappingInfo;
 use crate::template;
 use crate::value::{
-    AbsentRow, cel_to_json, cel_to_text, double_to_json, json_to_cel, json_to_text,
-    object_to_cel, type_name,
+    AbsentRow, cel_to_json, cel_to_text, double_to_json, json_to_cel, json_to_text, object_to_cel,
+    type_name,
 };
 use cel::common::types::{CelBool, CelInt, CelMap, CelMapKey, CelNull, CelString, CelUInt};
 use cel::common::value::{CowVal, Val};
@@ -165,6 +165,23 @@ impl Mapping {
             .chain(self.key.iter())
     }
 
+    /// Every expression of the mapping, to assign column slots.
+    fn expressions_mut(&mut self) -> impl Iterator<Item = &mut Expr> {
+        let holes = match &mut self.topic {
+            TopicSpec::Fixed(_) => None,
+            TopicSpec::Template(parts) => Some(parts.iter_mut().filter_map(|p| match p {
+                TopicPart::Hole(e) => Some(e),
+                TopicPart::Literal(_) => None,
+            })),
+        };
+        self.when
+            .iter_mut()
+            .chain(holes.into_iter().flatten())
+            .chain(self.payload.iter_mut().flatten().map(|(_, e)| e))
+            .chain(self.org.iter_mut())
+            .chain(self.key.iter_mut())
+    }
+
     /// Whether the change passes the filters that need no CEL: the
     /// operation, and for updates the `changed:` columns.
     fn selects(&self, change: &Change<'_>) -> bool {
@@ -201,6 +218,10 @@ pub(crate) struct TableMappings {
     pub qualified: String,
     /// Indexes into the set's mappings, in load order.
     pub mappings: Vec<usize>,
+    /// The columns the mappings read by name, looked up once per change
+    /// rather than once per expression (rows are ordered maps, where a
+    /// lookup costs several string comparisons).
+    pub columns: Vec<(Row, String)>,
 }
 
 /// The compiled mappings, indexed by schema then table.
@@ -219,9 +240,9 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(env: Arc<Env>, mappings: Vec<Mapping>) -> Engine {
+    pub fn new(env: Arc<Env>, mut mappings: Vec<Mapping>) -> Engine {
         let mut by_table: HashMap<String, HashMap<String, TableMappings>> = HashMap::new();
-        for (i, m) in mappings.iter().enumerate() {
+        for (i, m) in mappings.iter_mut().enumerate() {
             let entry = by_table
                 .entry(m.schema.clone())
                 .or_default()
@@ -229,8 +250,22 @@ impl Engine {
                 .or_insert_with(|| TableMappings {
                     qualified: m.info.table.clone(),
                     mappings: Vec::new(),
+                    columns: Vec::new(),
                 });
             entry.mappings.push(i);
+            let columns = &mut entry.columns;
+            for expr in m.expressions_mut() {
+                expr.columns_mut(&mut |col: &mut Col| {
+                    let key = (col.row, col.name.clone());
+                    col.slot = match columns.iter().position(|c| *c == key) {
+                        Some(slot) => slot,
+                        None => {
+                            columns.push(key);
+                            columns.len() - 1
+                        }
+                    };
+                });
+            }
         }
         Engine {
             env,
@@ -271,11 +306,23 @@ impl Engine {
         } else {
             None
         };
+        let slots: Vec<Option<&Json>> = entry
+            .columns
+            .iter()
+            .map(|(row, name)| {
+                let row = match row {
+                    Row::New => change.new,
+                    Row::Old => change.old,
+                };
+                row.and_then(|r| r.get(name))
+            })
+            .collect();
         let run = Run {
             change,
             scope: Scope {
                 change,
                 qualified: &entry.qualified,
+                slots: &slots,
             },
             ctx,
         };
@@ -463,19 +510,11 @@ impl<'c> Run<'c> {
 
     fn eval(&self, expr: &'c Expr) -> Result<Out<'c>, String> {
         match &expr.eval {
-            Eval::Column { row, column } => {
-                let row = match row {
-                    Row::New => self.change.new,
-                    Row::Old => self.change.old,
-                };
-                match row {
-                    None => Ok(Out::Absent),
-                    Some(map) => map
-                        .get(column)
-                        .map(Out::Json)
-                        .ok_or_else(|| format!("No such key: {column}")),
-                }
-            }
+            Eval::Column(col) => match self.scope.lookup(col) {
+                Lookup::Absent => Ok(Out::Absent),
+                Lookup::Found(value) => Ok(Out::Json(value)),
+                Lookup::Missing => Err(format!("No such key: {}", col.name)),
+            },
             Eval::Fast { fast, program } => match fast.eval(&self.scope) {
                 Some(v) => Ok(Out::Fast(v)),
                 None => self.cel(program),

@@ -9,9 +9,9 @@
 //! and later served straight from the JSON row without running CEL, which
 //! is both faster and keeps numbers exactly as the row has them.
 
+use crate::fast::{self, Col, Fast};
 use cel::common::ast::operators::INDEX;
 use cel::common::ast::{EntryExpr, Expr as Ast, LiteralValue};
-use crate::fast::{self, Fast};
 use cel::{Env, IdedExpr, Program};
 
 /// The variables CEL sees, as a set.
@@ -47,7 +47,7 @@ pub(crate) enum Row {
 #[derive(Debug)]
 pub(crate) enum Eval {
     /// `new.col` or `old.col`: a lookup in the JSON row.
-    Column { row: Row, column: String },
+    Column(Col),
     /// The native subset of [`crate::fast`], with the program to fall back
     /// on when the fast evaluator cannot decide.
     Fast { fast: Fast, program: Program },
@@ -127,7 +127,7 @@ pub(crate) fn compile(env: &Env, source: &str) -> Result<Expr, String> {
     let eval = match read {
         Some((row, column)) => {
             uses.cel = false;
-            Eval::Column { row, column }
+            Eval::Column(Col::new(row, &column))
         }
         None => match fast::compile(program.expression()) {
             Some(fast) => Eval::Fast { fast, program },
@@ -140,6 +140,17 @@ pub(crate) fn compile(env: &Env, source: &str) -> Result<Expr, String> {
         uses,
         columns,
     })
+}
+
+impl Expr {
+    /// Every column read the engine serves itself, to assign slots.
+    pub fn columns_mut(&mut self, f: &mut dyn FnMut(&mut Col)) {
+        match &mut self.eval {
+            Eval::Column(col) => f(col),
+            Eval::Fast { fast, .. } => fast.columns_mut(f),
+            Eval::Cel(_) => {}
+        }
+    }
 }
 
 /// `new.col` / `old.col`, the shape served without CEL.
@@ -278,7 +289,7 @@ mod tests {
     #[test]
     fn column_reads_are_recognised() {
         let e = compile(&env(), "new.id").expect("compiles");
-        assert!(matches!(e.eval, Eval::Column { row: Row::New, ref column } if column == "id"));
+        assert!(matches!(e.eval, Eval::Column(ref c) if c.row == Row::New && c.name == "id"));
         assert_eq!(
             e.uses,
             Uses {
@@ -287,7 +298,7 @@ mod tests {
             }
         );
         let e = compile(&env(), "old.status").expect("compiles");
-        assert!(matches!(e.eval, Eval::Column { row: Row::Old, .. }));
+        assert!(matches!(e.eval, Eval::Column(ref c) if c.row == Row::Old));
         assert!(e.uses.old);
         let e = compile(&env(), "has(new.id)").expect("compiles");
         assert!(matches!(e.eval, Eval::Cel(_)));

@@ -57,7 +57,7 @@ impl V<'_> {
 
 /// Literal values owned by the compiled tree.
 #[derive(Debug, Clone, PartialEq)]
-enum Lit {
+pub(crate) enum Lit {
     Null,
     Bool(bool),
     Int(i64),
@@ -80,7 +80,7 @@ impl Lit {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Var {
+pub(crate) enum Var {
     Op,
     Table,
     Xid,
@@ -89,18 +89,47 @@ enum Var {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cmp {
+pub(crate) enum Cmp {
     Lt,
     Le,
     Gt,
     Ge,
 }
 
+/// A column read, `new.col` or `old.col`. `slot` indexes the columns its
+/// table's mappings read, looked up once per change (see
+/// [`crate::engine`]); `usize::MAX` until the engine assigns it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Col {
+    pub row: Row,
+    pub name: String,
+    pub slot: usize,
+}
+
+impl Col {
+    pub fn new(row: Row, name: &str) -> Col {
+        Col {
+            row,
+            name: name.to_owned(),
+            slot: usize::MAX,
+        }
+    }
+}
+
+/// What a column read found.
+pub(crate) enum Lookup<'a> {
+    /// The row itself is absent (`old` of an insert): the value is null.
+    Absent,
+    /// The row has no such column.
+    Missing,
+    Found(&'a Json),
+}
+
 /// A compiled expression of the subset.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Fast {
     Lit(Lit),
-    Column(Row, String),
+    Column(Col),
     Var(Var),
     Eq(Box<Fast>, Box<Fast>),
     Ne(Box<Fast>, Box<Fast>),
@@ -136,8 +165,8 @@ pub(crate) fn compile(expr: &IdedExpr) -> Option<Fast> {
                 return None;
             };
             match (name.as_str(), select.field.as_str()) {
-                ("new", column) => Some(Fast::Column(Row::New, column.to_owned())),
-                ("old", column) => Some(Fast::Column(Row::Old, column.to_owned())),
+                ("new", column) => Some(Fast::Column(Col::new(Row::New, column))),
+                ("old", column) => Some(Fast::Column(Col::new(Row::Old, column))),
                 ("tx", "xid") => Some(Fast::Var(Var::Xid)),
                 ("tx", "commit_ts") => Some(Fast::Var(Var::CommitTs)),
                 ("tx", "lsn") => Some(Fast::Var(Var::Lsn)),
@@ -208,23 +237,59 @@ pub(crate) fn compile(expr: &IdedExpr) -> Option<Fast> {
 pub(crate) struct Scope<'a> {
     pub change: &'a Change<'a>,
     pub qualified: &'a str,
+    /// The columns the table's mappings read, by slot.
+    pub slots: &'a [Option<&'a Json>],
+}
+
+impl<'a> Scope<'a> {
+    pub fn lookup(&self, col: &Col) -> Lookup<'a> {
+        let row = match col.row {
+            Row::New => self.change.new,
+            Row::Old => self.change.old,
+        };
+        let Some(map) = row else {
+            return Lookup::Absent;
+        };
+        let found = match self.slots.get(col.slot) {
+            Some(found) => *found,
+            None => map.get(&col.name),
+        };
+        found.map_or(Lookup::Missing, Lookup::Found)
+    }
 }
 
 impl Fast {
+    /// Every column read of the tree, to assign slots.
+    pub fn columns_mut(&mut self, f: &mut dyn FnMut(&mut Col)) {
+        match self {
+            Fast::Column(col) => f(col),
+            Fast::Lit(_) | Fast::Var(_) => {}
+            Fast::Eq(a, b)
+            | Fast::Ne(a, b)
+            | Fast::Cmp(_, a, b)
+            | Fast::And(a, b)
+            | Fast::Or(a, b) => {
+                a.columns_mut(f);
+                b.columns_mut(f);
+            }
+            Fast::In(a, _) | Fast::Not(a) | Fast::Int(a) | Fast::Double(a) => a.columns_mut(f),
+            Fast::Cond(c, a, b) => {
+                c.columns_mut(f);
+                a.columns_mut(f);
+                b.columns_mut(f);
+            }
+        }
+    }
+
     /// The value, or `None` when CEL must decide.
     pub fn eval<'a>(&'a self, scope: &Scope<'a>) -> Option<V<'a>> {
         match self {
             Fast::Lit(lit) => Some(lit.as_v()),
-            Fast::Column(row, column) => {
-                let row = match row {
-                    Row::New => scope.change.new,
-                    Row::Old => scope.change.old,
-                };
-                match row {
-                    None => Some(V::Null),
-                    Some(map) => json_scalar(map.get(column)?),
-                }
-            }
+            Fast::Column(col) => match scope.lookup(col) {
+                Lookup::Absent => Some(V::Null),
+                Lookup::Missing => None,
+                Lookup::Found(value) => json_scalar(value),
+            },
             Fast::Var(var) => Some(match var {
                 Var::Op => V::Str(scope.change.op.as_str()),
                 Var::Table => V::Str(scope.qualified),
@@ -283,7 +348,11 @@ impl Fast {
                 V::Double(d) => Some(V::Double(d)),
                 V::Int(i) => Some(V::Double(i as f64)),
                 V::UInt(u) => Some(V::Double(u as f64)),
-                V::Str(s) => s.parse::<f64>().ok().filter(|d| d.is_finite()).map(V::Double),
+                V::Str(s) => s
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|d| d.is_finite())
+                    .map(V::Double),
                 _ => None,
             },
         }
@@ -473,6 +542,7 @@ mod tests {
                 let scope = Scope {
                     change: &change,
                     qualified: "public.t",
+                    slots: &[],
                 };
                 let Some(got) = fast.as_ref().and_then(|f| f.eval(&scope)) else {
                     continue;

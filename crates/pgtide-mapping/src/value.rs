@@ -171,11 +171,14 @@ pub(crate) fn json_to_text(value: &Json) -> Result<String, String> {
     match value {
         Json::String(s) => Ok(s.clone()),
         Json::Bool(b) => Ok(b.to_string()),
-        Json::Number(n) => Ok(match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (None, Some(u), _) => u.to_string(),
-            (None, None, Some(f)) => f.to_string(),
-            (None, None, None) => n.to_string(),
+        Json::Number(n) => Ok(if let Some(i) = n.as_i64() {
+            i.to_string()
+        } else if let Some(u) = n.as_u64() {
+            u.to_string()
+        } else if let Some(f) = n.as_f64() {
+            f.to_string()
+        } else {
+            n.to_string()
         }),
         Json::Null => Err("null".to_owned()),
         Json::Array(_) => Err("list".to_owned()),

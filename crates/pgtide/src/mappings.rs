@@ -340,6 +340,9 @@ impl Reloader {
                         Some(MappingCommand::Delete { name, respond }) => {
                             let _ = respond.send(self.delete(&name).await);
                         }
+                        Some(MappingCommand::Retry { letter, respond }) => {
+                            let _ = respond.send(self.retry(&letter).await);
+                        }
                         None => std::future::pending::<()>().await,
                     }
                     continue;
@@ -400,4 +403,114 @@ pub async fn check(dir: &Path, database_url: Option<&str>) -> anyhow::Result<boo
         }
     );
     Ok(true)
+}
+
+/// A change as a mapping dead letter keeps it (see `pgtide_cdc::changes::failed_change`).
+#[derive(serde::Deserialize)]
+struct FailedChange {
+    mapping: String,
+    change: StoredChange,
+}
+
+#[derive(serde::Deserialize)]
+struct StoredChange {
+    op: String,
+    table: String,
+    new: Option<serde_json::Map<String, serde_json::Value>>,
+    old: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    unchanged_columns: Vec<String>,
+    xid: u32,
+    lsn: String,
+    commit_ts: String,
+}
+
+impl Reloader {
+    /// Runs the dead letter's mapping again over its change with the running
+    /// set; stores the events it makes (source `cdc`, with `meta.retried_from`).
+    async fn retry(
+        &self,
+        letter: &pgtide_store::DeadLetterRecord,
+    ) -> Result<Vec<pgtide_core::Event>, MappingCommandError> {
+        let failed: FailedChange = serde_json::from_value(letter.event.clone()).map_err(|e| {
+            MappingCommandError::Failed(format!(
+                "dead letter {} does not hold a change: {e}",
+                letter.id
+            ))
+        })?;
+        let c = &failed.change;
+        let table =
+            TableName::parse(&c.table).map_err(|e| MappingCommandError::Failed(e.to_string()))?;
+        let op = pgtide_mapping::Op::parse(&c.op)
+            .ok_or_else(|| MappingCommandError::Failed(format!("unknown operation {:?}", c.op)))?;
+        let set = self.set.borrow().clone();
+        let change = pgtide_mapping::Change {
+            op,
+            schema: &table.schema,
+            table: &table.name,
+            new: c.new.as_ref(),
+            old: c.old.as_ref(),
+            unchanged_columns: &c.unchanged_columns,
+            xid: c.xid,
+            commit_ts: &c.commit_ts,
+            lsn: &c.lsn,
+        };
+        let results: Vec<_> = set
+            .apply(&change)
+            .into_iter()
+            .filter(|r| match r {
+                Ok(e) => e.mapping == failed.mapping,
+                Err(f) => f.mapping == failed.mapping,
+            })
+            .collect();
+        if results.is_empty() {
+            return Err(MappingCommandError::Failed(format!(
+                "mapping {:?} no longer maps this change (removed, or its conditions no longer hold)",
+                failed.mapping
+            )));
+        }
+        let mut events = Vec::new();
+        for result in results {
+            let mapped = result.map_err(|f| {
+                MappingCommandError::Failed(format!(
+                    "mapping {:?} failed again: {}",
+                    f.mapping, f.message
+                ))
+            })?;
+            if let Err(issues) = self.store.schemas().validate(&mapped.topic, &mapped.data) {
+                let text: Vec<String> = issues
+                    .iter()
+                    .map(|i| format!("{} (at {:?})", i.message, i.pointer))
+                    .collect();
+                return Err(MappingCommandError::Failed(format!(
+                    "the event breaks the schema of {}: {}",
+                    mapped.topic,
+                    text.join("; ")
+                )));
+            }
+            let mut event = pgtide_core::NewEvent::new(
+                mapped.topic,
+                mapped.event_type,
+                pgtide_core::EventSource::Cdc,
+                mapped.data,
+            );
+            event.org_id = mapped.org_id;
+            let meta = &mut event.meta;
+            meta.insert("lsn".into(), c.lsn.clone().into());
+            meta.insert("xid".into(), c.xid.into());
+            meta.insert("table".into(), c.table.clone().into());
+            meta.insert("op".into(), c.op.clone().into());
+            meta.insert("commit_ts".into(), c.commit_ts.clone().into());
+            meta.insert("mapping".into(), mapped.mapping.into());
+            if let Some(key) = mapped.key {
+                meta.insert("key".into(), key.into());
+            }
+            meta.insert("retried_from".into(), letter.id.into());
+            events.push(event);
+        }
+        self.store
+            .publish(events)
+            .await
+            .map_err(MappingCommandError::Store)
+    }
 }

@@ -10,3 +10,4 @@ mod http;
 mod mappings;
 mod registry;
 mod tls;
+mod ws;

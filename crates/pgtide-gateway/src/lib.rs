@@ -4,15 +4,21 @@
 //! - [`events`]: `POST /v1/events` and `GET /v1/events`.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`mappings`]: `GET /v1/mappings`, the running set and the last reload's errors.
+//! - [`hub`]: the one delivery path: store tailer, pattern index, bounded outboxes.
+//! - [`ws`]: the `/ws` protocol.
+//! - [`auth`]: who is calling.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
 //!
 //! [`serve`] takes a bound listener so tests can bind port 0.
 
+pub mod auth;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod hub;
 pub mod mappings;
 pub mod registry;
+pub mod ws;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +41,8 @@ pub struct AppState {
     pub cdc: watch::Receiver<CdcStatus>,
     pub mappings: watch::Receiver<MappingsView>,
     pub mapping_commands: tokio::sync::mpsc::Sender<mappings::MappingCommand>,
+    pub hub: hub::Hub,
+    pub auth: auth::Auth,
 }
 
 /// The whole router.
@@ -44,9 +52,21 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .merge(registry::routes())
         .merge(mappings::routes())
+        .route("/ws", axum::routing::get(ws::upgrade))
+        .route("/v1/metrics/ws", axum::routing::get(ws_metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+async fn ws_metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<serde_json::Value> {
+    use std::sync::atomic::Ordering;
+    axum::Json(serde_json::json!({
+        "active_connections": state.hub.connections.load(Ordering::Relaxed),
+        "total_dropped_messages": state.hub.dropped.load(Ordering::Relaxed),
+    }))
 }
 
 /// Serves until `shutdown`, then finishes in-flight requests.

@@ -2,11 +2,12 @@
 //!
 //! Everything here runs per change, so the work is arranged to be paid once:
 //! mappings are indexed by table (a change on an unmapped table costs two
-//! hash lookups), cheap filters (operation, `changed:`) run before any CEL,
+//! hash lookups), cheap filters (operation, `changed:`) run before any
+//! expression, the columns the table's mappings read are looked up once,
 //! and the CEL variables are bound once per change and shared by all of the
-//! table's mappings — and only if one of them runs CEL at all, binding only
-//! the rows some expression reads. Plain column reads skip CEL entirely (see
-//! [`crate::expr`]).
+//! table's mappings — lazily, so a row is only converted to a CEL map if an
+//! expression needs it whole. Plain column reads and the everyday subset of
+//! CEL skip the interpreter (see [`crate::expr`] and [`crate::fast`]).
 
 use crate::MappingFailure;
 use crate::expr::{Eval, Expr, Row, Uses};
@@ -467,10 +468,10 @@ impl<'c> Run<'c> {
             mapping: m.info.name.clone(),
             message,
         };
-        if let Some(when) = &m.when {
-            if !self.truth(when).map_err(fail)? {
-                return Ok(None);
-            }
+        if let Some(when) = &m.when
+            && !self.truth(when).map_err(fail)?
+        {
+            return Ok(None);
         }
         let topic = self.topic(&m.topic).map_err(fail)?;
         let data = match &m.payload {

@@ -219,12 +219,12 @@ impl<'e> Walker<'e> {
                 self.walk(&select.operand);
             }
             Ast::Call(call) => {
-                if call.func_name == INDEX && call.args.len() == 2 {
-                    if let (Some(row), Ast::Literal(LiteralValue::String(name))) =
-                        (self.row(&call.args[0]), &call.args[1].expr)
-                    {
-                        self.column(row, name.inner());
-                    }
+                if call.func_name == INDEX
+                    && let [target, key] = call.args.as_slice()
+                    && let (Some(row), Ast::Literal(LiteralValue::String(name))) =
+                        (self.row(target), &key.expr)
+                {
+                    self.column(row, name.inner());
                 }
                 if let Some(target) = &call.target {
                     self.walk(target);

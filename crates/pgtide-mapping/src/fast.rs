@@ -435,7 +435,9 @@ mod tests {
         }
     }
 
-    fn rows() -> Vec<(Op, Option<Map<String, Json>>, Option<Map<String, Json>>)> {
+    type RowImage = Option<Map<String, Json>>;
+
+    fn rows() -> Vec<(Op, RowImage, RowImage)> {
         let obj = |v: Json| match v {
             Json::Object(m) => Some(m),
             _ => None,

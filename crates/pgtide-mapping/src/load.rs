@@ -142,6 +142,9 @@ struct Loader<'a> {
 /// keys: `(name, key node, value node)` in file order.
 struct Fields<'n> {
     entries: Vec<(String, &'n Node, &'n Node)>,
+    /// Allowed names that an unknown key was probably meant to be: a
+    /// required field spelt wrong is reported once, as the unknown key.
+    suggested: Vec<String>,
 }
 
 impl<'n> Fields<'n> {
@@ -182,11 +185,23 @@ impl FileLoader<'_, '_> {
         let root = match yaml::parse(text) {
             Ok(root) => root,
             Err(e) => {
+                // `topic: {{ new.id }}.x` reads as a flow mapping and fails
+                // to parse; say why.
+                let near = text
+                    .lines()
+                    .skip(e.line.saturating_sub(2))
+                    .take(2)
+                    .any(|l| l.contains(": {{"));
+                let hint = if near {
+                    " (a value that starts with `{{` must be quoted: topic: \"{{ new.id }}.x\")"
+                } else {
+                    ""
+                };
                 self.loader.errors.push(LoadError {
                     file: self.file.to_owned(),
                     line: e.line,
                     column: e.column,
-                    message: format!("YAML syntax error: {}", e.message),
+                    message: format!("YAML syntax error: {}{hint}", e.message),
                 });
                 return;
             }
@@ -207,27 +222,26 @@ impl FileLoader<'_, '_> {
         let Some(fields) = self.fields(&root, "at the top level", &TOP_FIELDS) else {
             return;
         };
-        if let Some((key, value)) = fields.get("topics") {
-            for item in self.list(key, value, "topics") {
+        if let Some((_, value)) = fields.get("topics") {
+            for item in self.list(value, "topics") {
                 self.topic(item);
             }
         }
-        if let Some((key, value)) = fields.get("mappings") {
-            for item in self.list(key, value, "mappings") {
+        if let Some((_, value)) = fields.get("mappings") {
+            for item in self.list(value, "mappings") {
                 self.mapping(item);
             }
         }
     }
 
     /// The entries of a list field; null is an empty list.
-    fn list<'n>(&mut self, key: &'n Node, value: &'n Node, field: &str) -> &'n [Node] {
+    fn list<'n>(&mut self, value: &'n Node, field: &str) -> &'n [Node] {
         match &value.value {
             Value::Seq(items) => items,
             Value::Null => &[],
             other => {
                 let kind = other.kind();
                 self.error(value, format!("`{field}` must be a list, found {kind}"));
-                let _ = key;
                 &[]
             }
         }
@@ -241,6 +255,7 @@ impl FileLoader<'_, '_> {
         };
         let mut fields = Fields {
             entries: Vec::with_capacity(entries.len()),
+            suggested: Vec::new(),
         };
         let mut seen: HashMap<String, &Node> = HashMap::new();
         for (key, value) in entries {
@@ -264,9 +279,11 @@ impl FileLoader<'_, '_> {
                     .map(|a| format!("`{a}`"))
                     .collect::<Vec<_>>()
                     .join(", ");
-                let hint = closest(&name, allowed)
+                let suggestion = closest(&name, allowed);
+                let hint = suggestion
                     .map(|c| format!(" (did you mean `{c}`?)"))
                     .unwrap_or_default();
+                fields.suggested.extend(suggestion.map(str::to_owned));
                 self.error(
                     key,
                     format!("unknown field `{name}` {place}; expected one of {expected}{hint}"),
@@ -300,24 +317,10 @@ impl FileLoader<'_, '_> {
     }
 
     /// A field holding a CEL expression. Scalars YAML read as numbers or
-    /// bools (`when: true`) are taken as their text.
+    /// bools (`when: true`, `org: 1`) are taken as their text.
     fn expression(&mut self, key: &Node, value: &Node, field: &str) -> Option<Expr> {
         let source = match &value.value {
-            Value::Null => None,
-            v => v
-                .scalar_text()
-                .filter(|s| !s.trim().is_empty())
-                .or_else(|| {
-                    if matches!(v, Value::Str(_)) {
-                        None
-                    } else {
-                        Some(String::new())
-                    }
-                }),
-        };
-        let source = match source {
-            Some(s) if !s.is_empty() => s,
-            Some(_) => {
+            Value::Seq(_) | Value::Map(_) => {
                 let kind = value.value.kind();
                 self.error(
                     value,
@@ -325,13 +328,14 @@ impl FileLoader<'_, '_> {
                 );
                 return None;
             }
-            None => {
-                self.error(
-                    key,
-                    format!("`{field}` is empty; write a CEL expression or remove the field"),
-                );
-                return None;
-            }
+            v => v.scalar_text().filter(|s| !s.trim().is_empty()),
+        };
+        let Some(source) = source else {
+            self.error(
+                key,
+                format!("`{field}` is empty; write a CEL expression or remove the field"),
+            );
+            return None;
         };
         match expr::compile(self.loader.env, &source) {
             Ok(e) => Some(e),
@@ -383,7 +387,8 @@ impl FileLoader<'_, '_> {
                 }
             },
             None => {
-                if fields.get("name").is_none() {
+                let suggested = fields.suggested.iter().any(|s| s == "name");
+                if fields.get("name").is_none() && !suggested {
                     self.error(node, "topic is missing required field `name`");
                 }
                 None
@@ -546,7 +551,7 @@ impl FileLoader<'_, '_> {
             None => "mapping".to_owned(),
         };
         for required in ["name", "table", "topic"] {
-            if fields.get(required).is_none() {
+            if fields.get(required).is_none() && !fields.suggested.iter().any(|s| s == required) {
                 self.error(
                     node,
                     format!("{what} is missing required field `{required}`"),
@@ -582,18 +587,17 @@ impl FileLoader<'_, '_> {
             .and_then(|(key, value)| self.expression(key, value, "when"));
 
         // topic
-        let topic_text = self.string(&fields, "topic");
-        if topic_text.is_none() {
-            if let Some((_, value)) = fields.get("topic") {
-                if matches!(value.value, Value::Map(_)) {
-                    // `topic: {{ new.id }}.x` parses as a flow mapping.
-                    self.error(
-                        value,
-                        "a topic template that starts with `{{` must be quoted, e.g. topic: \"{{ new.id }}.status\"",
-                    );
-                }
+        let topic_text = match fields.get("topic") {
+            // `topic: {{ new.id }}` parses as a flow mapping.
+            Some((_, value)) if matches!(value.value, Value::Map(_)) => {
+                self.error(
+                    value,
+                    "a topic template that starts with `{{` must be quoted, e.g. topic: \"{{ new.id }}.status\"",
+                );
+                None
             }
-        }
+            _ => self.string(&fields, "topic"),
+        };
         let topic = topic_text.as_ref().and_then(|t| self.topic_spec(t));
 
         // event_type
@@ -756,14 +760,14 @@ impl FileLoader<'_, '_> {
             }
         };
         let mut ok = true;
-        if let Some(ops) = operations {
-            if !ops.contains(&Op::Update) {
-                self.error(
-                    key,
-                    "`changed` only filters updates, but `operations` does not include `update`",
-                );
-                ok = false;
-            }
+        if let Some(ops) = operations
+            && !ops.contains(&Op::Update)
+        {
+            self.error(
+                key,
+                "`changed` only filters updates, but `operations` does not include `update`",
+            );
+            ok = false;
         }
         let mut columns: Vec<String> = Vec::with_capacity(items.len());
         for item in items {
@@ -886,20 +890,12 @@ pub(crate) fn parse_table(text: &str) -> Result<(String, String), String> {
     let mut parts = Vec::new();
     let mut rest = text.trim();
     loop {
-        let (part, after) = identifier(rest).ok_or_else(|| {
-            format!(
-                "invalid table `{text}`; expected `table` or `schema.table` (quote names with capitals or other characters: '\"My Table\"')"
-            )
-        })?;
+        let (part, after) = identifier(rest).ok_or_else(|| bad_table(text))?;
         parts.push(part);
         match after.strip_prefix('.') {
             Some(next) => rest = next,
             None if after.is_empty() => break,
-            None => {
-                return Err(format!(
-                    "invalid table `{text}`; expected `table` or `schema.table` (quote names with capitals or other characters: '\"My Table\"')"
-                ));
-            }
+            None => return Err(bad_table(text)),
         }
     }
     match <[String; 2]>::try_from(parts) {
@@ -909,6 +905,12 @@ pub(crate) fn parse_table(text: &str) -> Result<(String, String), String> {
             "invalid table `{text}`; expected `table` or `schema.table`, not more parts"
         )),
     }
+}
+
+fn bad_table(text: &str) -> String {
+    format!(
+        "invalid table `{text}`; expected `table` or `schema.table` made of SQL names (letters, digits, `_`, `$`); double-quote a name with other characters as in SQL, e.g. table: 'public.\"My Table\"'"
+    )
 }
 
 /// One identifier at the start of `text`, and what follows it.

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use pgtide_cdc::{Capture, CdcConfig, CdcStatus, setup};
+use pgtide_gateway::auth::Auth;
+use pgtide_gateway::hub::Hub;
 use pgtide_gateway::{AppState, MappingsView};
 use pgtide_mapping::MappingSet;
 use pgtide_pg::PgConfig;
@@ -168,11 +170,15 @@ pub async fn start(
     ));
     spawn_retention(store.clone(), serve.retention, shutdown.clone());
     let (commands_tx, commands_rx) = mpsc::channel(16);
+    let hub = Hub::default();
+    tokio::spawn(hub.clone().run_tailer(store.clone(), shutdown.clone()));
     let state = AppState {
         store,
         cdc: status_rx,
         mappings: view_rx,
         mapping_commands: commands_tx,
+        hub,
+        auth: Auth::Insecure,
     };
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;

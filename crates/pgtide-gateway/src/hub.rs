@@ -1,0 +1,567 @@
+//! The one delivery path: a tailer follows the store by `seq` (every event,
+//! whatever its source, after it is committed, in `seq` order) and hands each
+//! event to the subscriptions whose pattern and filter match, through an
+//! index of patterns rather than a scan of every subscriber.
+//!
+//! Each connection has a bounded [`Outbox`] (256): when full, the oldest event
+//! is dropped and a `meta.ws` notice counts the drops; notices are never dropped.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use pgtide_core::{Event, Pattern, format_ts};
+use pgtide_store::{EventQuery, Store};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Bound of each connection's queue.
+pub const OUTBOX_CAPACITY: usize = 256;
+
+/// An event serialized once, shared by every subscriber it goes to.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub event: Arc<Event>,
+    pub json: Arc<str>,
+}
+
+impl Delivery {
+    pub fn new(event: Event) -> Delivery {
+        let json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
+        Delivery {
+            event: Arc::new(event),
+            json,
+        }
+    }
+}
+
+/// What a connection sends, in order.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Event(Delivery),
+    /// A reply or other frame that must not be dropped.
+    Frame(Arc<str>),
+    /// `meta.ws` drop notice; its count grows while it waits.
+    Dropped(u64),
+}
+
+/// A connection's bounded queue with drop-oldest.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<Outgoing>>,
+    notify: Notify,
+    room: Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Outbox {
+    /// Queues an event; when full, drops the oldest event and counts it in
+    /// the pending notice. Returns how many events were dropped (0 or 1).
+    pub fn push_event(&self, delivery: Delivery) -> u64 {
+        let mut dropped = 0;
+        {
+            let mut q = lock(&self.queue);
+            let events = q.iter().filter(|o| matches!(o, Outgoing::Event(_))).count();
+            if events >= OUTBOX_CAPACITY {
+                if let Some(i) = q.iter().position(|o| matches!(o, Outgoing::Event(_))) {
+                    q.remove(i);
+                    dropped = 1;
+                }
+                match q.iter_mut().rev().find_map(|o| match o {
+                    Outgoing::Dropped(n) => Some(n),
+                    _ => None,
+                }) {
+                    Some(n) => *n += dropped,
+                    None => q.push_back(Outgoing::Dropped(dropped)),
+                }
+            }
+            q.push_back(Outgoing::Event(delivery));
+        }
+        self.notify.notify_one();
+        dropped
+    }
+
+    /// Queues a frame that is never dropped (replies).
+    pub fn push_frame(&self, frame: impl Into<Arc<str>>) {
+        lock(&self.queue).push_back(Outgoing::Frame(frame.into()));
+        self.notify.notify_one();
+    }
+
+    /// Everything queued, oldest first; waits while empty. `None` once closed.
+    pub async fn drain(&self) -> Option<Vec<Outgoing>> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut q = lock(&self.queue);
+                if !q.is_empty() {
+                    let all = q.drain(..).collect();
+                    self.room.notify_waiters();
+                    return Some(all);
+                }
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until the queue is at most half full (replays use this instead
+    /// of dropping), or the connection closed.
+    pub async fn wait_for_room(&self) {
+        loop {
+            let room = self.room.notified();
+            if self.len() < OUTBOX_CAPACITY / 2 || self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            room.await;
+        }
+    }
+
+    pub fn close(&self) {
+        self.room.notify_waiters();
+        self.closed.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.queue).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The `meta.ws` notice frame.
+pub fn dropped_notice(count: u64) -> String {
+    json!({
+        "topic": "meta.ws",
+        "seq": 0,
+        "ts": format_ts(time::OffsetDateTime::now_utc()),
+        "data": {"event": "dropped", "count": count},
+    })
+    .to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The `filter` object of a subscription (SPEC §7; the seed's filters).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// Table names, bare (`orders`) or qualified (`public.orders`), matched
+    /// against `meta.table`.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// `insert`, `update`, `delete`, `truncate` (any case), against `meta.op`.
+    #[serde(default)]
+    pub operations: Vec<String>,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Every pair must be present in the event's attributes.
+    #[serde(default)]
+    pub attributes: HashMap<String, String>,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &Event) -> bool {
+        if !self.tables.is_empty() {
+            let Some(table) = event.meta.get("table").and_then(Value::as_str) else {
+                return false;
+            };
+            let bare = table.split_once('.').map_or(table, |(_, t)| t);
+            if !self.tables.iter().any(|t| t == table || t == bare) {
+                return false;
+            }
+        }
+        if !self.operations.is_empty() {
+            let Some(op) = event.meta.get("op").and_then(Value::as_str) else {
+                return false;
+            };
+            if !self.operations.iter().any(|o| o.eq_ignore_ascii_case(op)) {
+                return false;
+            }
+        }
+        if !self.event_types.is_empty() && !self.event_types.contains(&event.event_type) {
+            return false;
+        }
+        self.attributes
+            .iter()
+            .all(|(k, v)| event.attributes.get(k) == Some(v))
+    }
+}
+
+/// Who may see what: the connection's tenancy, checked per event.
+#[derive(Debug, Clone, Copy)]
+pub struct Visibility {
+    pub admin: bool,
+    pub org_id: Option<i64>,
+}
+
+impl Visibility {
+    pub fn may_see(&self, org: Option<i64>) -> bool {
+        self.admin || org.is_none() || org == self.org_id
+    }
+}
+
+/// One subscription of one connection.
+pub struct Subscription {
+    pub pattern: Pattern,
+    pub filter: Filter,
+    pub visibility: Visibility,
+    pub outbox: Arc<Outbox>,
+    /// While a `from_seq` replay runs, live events wait here.
+    held: Mutex<Option<Vec<Delivery>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Subscription {
+    /// Offers an event; `seen` holds the outboxes this event already went to,
+    /// so a connection whose subscriptions overlap gets it once.
+    fn offer(&self, delivery: &Delivery, seen: &mut Vec<*const Outbox>) {
+        if !self.pattern.matches(&delivery.event.topic)
+            || !self.visibility.may_see(delivery.event.org_id)
+            || !self.filter.matches(&delivery.event)
+        {
+            return;
+        }
+        {
+            let mut held = lock(&self.held);
+            if let Some(held) = held.as_mut() {
+                held.push(delivery.clone());
+                return;
+            }
+        }
+        let outbox = Arc::as_ptr(&self.outbox);
+        if seen.contains(&outbox) {
+            return;
+        }
+        seen.push(outbox);
+        let n = self.outbox.push_event(delivery.clone());
+        if n > 0 {
+            self.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Subscriptions indexed by the pattern's first segment.
+#[derive(Default)]
+struct Index {
+    by_first: HashMap<String, Vec<(u64, Arc<Subscription>)>>,
+    wildcard_first: Vec<(u64, Arc<Subscription>)>,
+}
+
+impl Index {
+    fn bucket(&mut self, pattern: &Pattern) -> &mut Vec<(u64, Arc<Subscription>)> {
+        let first = pattern.as_str().split('.').next().unwrap_or("");
+        if first == "*" || first == "**" {
+            &mut self.wildcard_first
+        } else {
+            self.by_first.entry(first.to_owned()).or_default()
+        }
+    }
+}
+
+/// The fan-out point shared by every transport.
+#[derive(Clone)]
+pub struct Hub {
+    index: Arc<RwLock<Index>>,
+    next_id: Arc<AtomicU64>,
+    /// Highest seq handed to subscribers.
+    delivered: Arc<AtomicI64>,
+    pub dropped: Arc<AtomicU64>,
+    pub connections: Arc<AtomicI64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            index: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            delivered: Arc::new(AtomicI64::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
+            connections: Arc::new(AtomicI64::new(0)),
+        }
+    }
+}
+
+/// A registered subscription; dropping it does not unregister (call [`Hub::unsubscribe`]).
+pub struct SubscriptionHandle {
+    pub id: u64,
+    pub subscription: Arc<Subscription>,
+}
+
+impl Hub {
+    /// Registers a subscription. With `replay`, live events are held until
+    /// [`Hub::finish_replay`], so a replay can be sent first with no gap and
+    /// no duplicate.
+    pub fn subscribe(
+        &self,
+        pattern: Pattern,
+        filter: Filter,
+        visibility: Visibility,
+        outbox: Arc<Outbox>,
+        replay: bool,
+    ) -> SubscriptionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let subscription = Arc::new(Subscription {
+            pattern,
+            filter,
+            visibility,
+            outbox,
+            held: Mutex::new(replay.then(Vec::new)),
+            dropped: self.dropped.clone(),
+        });
+        let mut index = self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index
+            .bucket(&subscription.pattern)
+            .push((id, subscription.clone()));
+        SubscriptionHandle { id, subscription }
+    }
+
+    pub fn unsubscribe(&self, handle: &SubscriptionHandle) {
+        let mut index = self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        index
+            .bucket(&handle.subscription.pattern)
+            .retain(|(id, _)| *id != handle.id);
+    }
+
+    /// Ends a replay: held live events newer than `last_replayed` follow it.
+    pub fn finish_replay(&self, handle: &SubscriptionHandle, last_replayed: i64) {
+        let held = lock(&handle.subscription.held).take().unwrap_or_default();
+        for d in held {
+            if d.event.seq > last_replayed {
+                let n = handle.subscription.outbox.push_event(d);
+                if n > 0 {
+                    self.dropped.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Hands one committed event to every matching subscription.
+    pub fn dispatch(&self, delivery: &Delivery) {
+        let index = self
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let first = delivery.event.topic.split('.').next().unwrap_or("");
+        let mut seen = Vec::new();
+        if let Some(subs) = index.by_first.get(first) {
+            for (_, s) in subs {
+                s.offer(delivery, &mut seen);
+            }
+        }
+        for (_, s) in &index.wildcard_first {
+            s.offer(delivery, &mut seen);
+        }
+        self.delivered
+            .fetch_max(delivery.event.seq, Ordering::Relaxed);
+    }
+
+    /// The highest seq dispatched so far.
+    pub fn delivered_seq(&self) -> i64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Follows the store from its current end, dispatching every new event in
+    /// `seq` order: woken by this node's commits, and polling every 200 ms for
+    /// other nodes'.
+    pub async fn run_tailer(self, store: Store, shutdown: CancellationToken) {
+        let mut committed = store.committed_seq();
+        let mut last = loop {
+            match store.last_seq().await {
+                Ok(seq) => break seq,
+                Err(e) => {
+                    tracing::warn!(error = %e, "delivery tailer cannot read the store; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        self.delivered.store(last, Ordering::Relaxed);
+        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            loop {
+                let query = EventQuery {
+                    after_seq: Some(last),
+                    limit: 1000,
+                    ..EventQuery::default()
+                };
+                match store.query(&query).await {
+                    Ok(events) => {
+                        let n = events.len();
+                        for event in events {
+                            last = event.seq;
+                            self.dispatch(&Delivery::new(event));
+                        }
+                        if n < 1000 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "delivery tailer query failed");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = committed.changed() => {}
+                _ = poll.tick() => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgtide_core::{EventSource, NewEvent};
+
+    fn event(seq: i64, topic: &str) -> Delivery {
+        Delivery::new(NewEvent::new(topic, "t", EventSource::Http, json!({})).with_seq(seq))
+    }
+
+    fn all() -> Visibility {
+        Visibility {
+            admin: true,
+            org_id: None,
+        }
+    }
+
+    #[test]
+    fn full_outbox_drops_oldest_and_counts_in_one_notice() {
+        let outbox = Outbox::default();
+        for seq in 1..=(OUTBOX_CAPACITY as i64 + 5) {
+            outbox.push_event(event(seq, "a"));
+        }
+        let q = lock(&outbox.queue);
+        let seqs: Vec<i64> = q
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Event(d) => Some(d.event.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs.len(), OUTBOX_CAPACITY);
+        assert_eq!(seqs[0], 6, "the five oldest were dropped");
+        let notices: Vec<u64> = q
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Dropped(n) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notices, [5]);
+    }
+
+    #[test]
+    fn dispatch_uses_patterns_filters_and_tenancy() {
+        let hub = Hub::default();
+        let outbox = Arc::new(Outbox::default());
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        hub.subscribe(p("jobs.*"), Filter::default(), all(), outbox.clone(), false);
+        hub.subscribe(
+            p("**"),
+            Filter {
+                event_types: vec!["x".into()],
+                ..Filter::default()
+            },
+            all(),
+            outbox.clone(),
+            false,
+        );
+        let org2 = Visibility {
+            admin: false,
+            org_id: Some(2),
+        };
+        hub.subscribe(
+            p("tenant.**"),
+            Filter::default(),
+            org2,
+            outbox.clone(),
+            false,
+        );
+        hub.dispatch(&event(1, "jobs.a"));
+        hub.dispatch(&event(2, "jobs.a.b"));
+        let mut org1 = NewEvent::new("tenant.x", "t", EventSource::Http, json!({}));
+        org1.org_id = Some(1);
+        hub.dispatch(&Delivery::new(org1.with_seq(3)));
+        let mut shared = NewEvent::new("tenant.y", "t", EventSource::Http, json!({}));
+        shared.org_id = None;
+        hub.dispatch(&Delivery::new(shared.with_seq(4)));
+        let seqs: Vec<i64> = lock(&outbox.queue)
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Event(d) => Some(d.event.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [1, 4]);
+    }
+
+    #[test]
+    fn replay_holds_live_events_and_drops_duplicates() {
+        let hub = Hub::default();
+        let outbox = Arc::new(Outbox::default());
+        let h = hub.subscribe(
+            Pattern::parse("**").unwrap(),
+            Filter::default(),
+            all(),
+            outbox.clone(),
+            true,
+        );
+        hub.dispatch(&event(5, "a"));
+        hub.dispatch(&event(6, "a"));
+        assert!(outbox.is_empty(), "held during the replay");
+        // The replay itself sent up to 5.
+        hub.finish_replay(&h, 5);
+        hub.dispatch(&event(7, "a"));
+        let seqs: Vec<i64> = lock(&outbox.queue)
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Event(d) => Some(d.event.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [6, 7]);
+    }
+
+    #[test]
+    fn filters() {
+        let mut e = NewEvent::new(
+            "tables.orders.insert",
+            "row.inserted",
+            EventSource::Cdc,
+            json!({}),
+        );
+        e.meta.insert("table".into(), json!("public.orders"));
+        e.meta.insert("op".into(), json!("insert"));
+        e.attributes.insert("region".into(), "eu".into());
+        let e = e.with_seq(1);
+        let f = |v: Value| serde_json::from_value::<Filter>(v).unwrap();
+        assert!(f(json!({"tables": ["orders"], "operations": ["INSERT"]})).matches(&e));
+        assert!(
+            f(json!({"tables": ["public.orders"], "attributes": {"region": "eu"}})).matches(&e)
+        );
+        assert!(!f(json!({"operations": ["delete"]})).matches(&e));
+        assert!(!f(json!({"attributes": {"region": "us"}})).matches(&e));
+        assert!(!f(json!({"event_types": ["row.deleted"]})).matches(&e));
+        assert!(serde_json::from_value::<Filter>(json!({"colour": 1})).is_err());
+    }
+}

@@ -184,3 +184,82 @@ async fn bad_requests_are_explained_and_change_nothing() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// `POST /v1/events/replay` from a seq or an event id, and `GET /v1/events/stats`.
+#[tokio::test]
+async fn replay_and_stats() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let kind = if i % 2 == 0 {
+            "job.created"
+        } else {
+            "job.completed"
+        };
+        let (_, r) = post(
+            &pgtide,
+            &format!(r#"{{"event_type":"{kind}","topic":"jobs.j{i}","data":{{"i":{i}}}}}"#),
+        )
+        .await?;
+        ids.push(r["event_id"].as_str().unwrap().to_owned());
+    }
+    let replay = |body: Value| {
+        let req = pgtide
+            .http()
+            .post(pgtide.url("/v1/events/replay"))
+            .json(&body);
+        async move {
+            let r = req.send().await?;
+            let status = r.status().as_u16();
+            anyhow::Ok((status, r.json::<Value>().await?))
+        }
+    };
+    let (s, page) = replay(json!({"from_seq": 2})).await?;
+    assert_eq!(s, 200);
+    let seqs: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    let (_, page) =
+        replay(json!({"from_event_id": ids[1], "event_types": ["job.created"]})).await?;
+    let seqs: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 5]);
+    let (_, page) = replay(json!({"topics": ["jobs.j4"], "limit": 1})).await?;
+    assert_eq!(page["events"][0]["seq"], 5);
+    assert_eq!(page["next_after_seq"], 5);
+    let (s, body) = replay(json!({"from_seq": 1, "from_event_id": ids[0]})).await?;
+    assert_eq!(s, 400, "{body}");
+    let (s, _) = replay(json!({"from_event_id": "01ARZ3NDEKTSV4RRFFQ69G5FAV"})).await?;
+    assert_eq!(s, 404);
+    let (s, body) = replay(json!({"from_event_id": "nope"})).await?;
+    assert_eq!(s, 400, "{body}");
+
+    let stats: Value = pgtide
+        .http()
+        .get(pgtide.url("/v1/events/stats"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(stats["total_events"], 5);
+    assert_eq!(stats["last_seq"], 5);
+    assert_eq!(
+        stats["events_by_type"],
+        json!({"job.created": 3, "job.completed": 2})
+    );
+    assert_eq!(stats["events_by_source"], json!({"http": 5}));
+    assert!(stats["websocket"]["active_connections"].is_i64());
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

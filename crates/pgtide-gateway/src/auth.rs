@@ -1,11 +1,13 @@
 //! Who is calling: the bearer token (header or `?token=`), verified, or the
 //! all-powerful caller of `--insecure-no-auth`.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use pgtide_core::Pattern;
 
-use crate::ApiError;
 use crate::hub::Visibility;
+use crate::{ApiError, AppState};
 
 /// How callers are authenticated.
 #[derive(Clone)]
@@ -69,6 +71,11 @@ impl Caller {
         }
     }
 
+    /// What the caller may read: `None` is every org (admins).
+    pub fn org_scope(&self) -> Option<Option<i64>> {
+        if self.admin { None } else { Some(self.org) }
+    }
+
     pub fn may_publish(&self, topic: &str) -> bool {
         match &self.publish {
             None => true,
@@ -80,4 +87,33 @@ impl Caller {
 /// 401 with the contract's body.
 pub fn unauthorized(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+}
+
+/// The `token` query parameter, for clients that cannot set headers.
+pub fn query_token(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.replace("%2E", ".").replace("%2e", "."))
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = query_token(parts.uri.query());
+        state
+            .auth
+            .authenticate(&parts.headers, token.as_deref())
+            .await
+    }
+}
+
+/// 403 with the contract's body.
+pub fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }

@@ -16,10 +16,14 @@ use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::auth::{Caller, forbidden};
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/v1/events", get(query_events).post(publish_event))
+    Router::new()
+        .route("/v1/events", get(query_events).post(publish_event))
+        .route("/v1/events/replay", axum::routing::post(replay_events))
+        .route("/v1/events/stats", get(stats))
 }
 
 /// The body of `POST /v1/events`.
@@ -77,6 +81,7 @@ fn check_event_type(event_type: &str) -> Result<(), ApiError> {
 
 async fn publish_event(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
     let req: PublishRequest = json_body(body)?;
@@ -89,6 +94,14 @@ async fn publish_event(
         None => Topic::parse(&req.event_type)
             .map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")))?,
     };
+    if !caller.may_publish(topic.as_str()) {
+        return Err(forbidden(format!("this token may not publish to {topic}")));
+    }
+    if req.org_id.is_some() && !caller.admin {
+        return Err(forbidden(
+            "only admins may set org_id; events take the token's org",
+        ));
+    }
     if let Err(issues) = state.store.schemas().validate(topic.as_str(), &req.data) {
         return Err(ApiError::invalid_payload(topic.as_str(), issues));
     }
@@ -100,7 +113,7 @@ async fn publish_event(
     );
     event.correlation_id = req.correlation_id;
     event.attributes = req.attributes;
-    event.org_id = req.org_id;
+    event.org_id = req.org_id.or(caller.org_id());
     if let Some(producer) = req.source {
         let mut meta = Map::new();
         meta.insert("producer".into(), Value::String(producer));
@@ -196,16 +209,19 @@ impl EventsParams {
             end_time: parse_time("end_time", self.end_time.as_deref())?,
             after_seq: self.after_seq,
             limit,
+            org_scope: None,
         })
     }
 }
 
 async fn query_events(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<EventsParams>, QueryRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let query = params.to_query()?;
+    let mut query = params.to_query()?;
+    query.org_scope = caller.org_scope();
     let events = state.store.query(&query).await?;
     let next_after_seq = if events.len() as i64 == query.limit {
         events.last().map(|e| e.seq)
@@ -216,4 +232,87 @@ async fn query_events(
         events,
         next_after_seq,
     }))
+}
+
+/// The body of `POST /v1/events/replay`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    pub from_event_id: Option<String>,
+    pub from_seq: Option<i64>,
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub limit: Option<i64>,
+}
+
+/// Events after `from_seq`, or after the event `from_event_id` (exclusive,
+/// like `after_seq`), in the `{"events","next_after_seq"}` shape.
+async fn replay_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let req: ReplayRequest = json_body(body)?;
+    let after = match (&req.from_event_id, req.from_seq) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "give from_event_id or from_seq, not both",
+            ));
+        }
+        (Some(id), None) => {
+            let ulid: ulid::Ulid = id.parse().map_err(|_| {
+                ApiError::bad_request(format!("from_event_id {id:?} is not a ULID"))
+            })?;
+            state
+                .store
+                .seq_of(ulid)
+                .await?
+                .ok_or_else(|| ApiError::not_found(format!("no stored event {id}")))?
+        }
+        (None, Some(seq)) if seq >= 0 => seq,
+        (None, Some(seq)) => {
+            return Err(ApiError::bad_request(format!(
+                "from_seq {seq} must not be negative"
+            )));
+        }
+        (None, None) => 0,
+    };
+    let params = EventsParams {
+        event_types: (!req.event_types.is_empty()).then(|| req.event_types.join(",")),
+        topics: (!req.topics.is_empty()).then(|| req.topics.join(",")),
+        start_time: None,
+        end_time: None,
+        after_seq: Some(after),
+        limit: req.limit,
+    };
+    let mut query = params.to_query()?;
+    query.org_scope = caller.org_scope();
+    let events = state.store.query(&query).await?;
+    let next_after_seq = if events.len() as i64 == query.limit {
+        events.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    Ok(Json(EventsPage {
+        events,
+        next_after_seq,
+    }))
+}
+
+async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    use std::sync::atomic::Ordering;
+    let mut stats = state.store.stats(caller.org_scope()).await?;
+    if let Value::Object(o) = &mut stats {
+        o.insert(
+            "websocket".into(),
+            json!({
+                "active_connections": state.hub.connections.load(Ordering::Relaxed),
+                "total_dropped_messages": state.hub.dropped.load(Ordering::Relaxed),
+            }),
+        );
+        o.insert("delivered_seq".into(), json!(state.hub.delivered_seq()));
+    }
+    Ok(Json(stats))
 }

@@ -267,6 +267,7 @@ impl Connection {
                 topics: vec![pattern.clone()],
                 after_seq: Some(last),
                 limit: 1000,
+                org_scope: self.caller.org_scope(),
                 ..EventQuery::default()
             };
             let events = match self.state.store.query(&query).await {

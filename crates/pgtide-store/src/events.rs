@@ -232,6 +232,7 @@ impl Store {
                    AND ($3::text IS NULL OR topic ~ $3)
                    AND ($4::timestamptz IS NULL OR ts >= $4)
                    AND ($5::timestamptz IS NULL OR ts < $5)
+                   AND ($7 OR org_id IS NULL OR org_id = $8)
                  ORDER BY seq
                  LIMIT $6"
             ))
@@ -246,6 +247,8 @@ impl Store {
                     &query.start_time,
                     &query.end_time,
                     &query.limit,
+                    &query.org_scope.is_none(),
+                    &query.org_scope.flatten(),
                 ],
             )
             .await?;
@@ -262,6 +265,48 @@ impl Store {
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Counts for `GET /v1/events/stats`, within a tenancy scope.
+    pub async fn stats(&self, org_scope: Option<Option<i64>>) -> Result<Value> {
+        let client = self.pool.get().await?;
+        let all = org_scope.is_none();
+        let org = org_scope.flatten();
+        let totals = client
+            .query_one(
+                "SELECT count(*), min(ts), max(ts), coalesce(max(seq), 0) FROM pgtide.events
+                 WHERE ($1 OR org_id IS NULL OR org_id = $2)",
+                &[&all, &org],
+            )
+            .await?;
+        let by = |column: &str| {
+            format!(
+                "SELECT {column}, count(*) FROM pgtide.events WHERE ($1 OR org_id IS NULL OR org_id = $2)
+                 GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 100"
+            )
+        };
+        let mut by_type = Map::new();
+        for row in client.query(&by("type"), &[&all, &org]).await? {
+            by_type.insert(row.get(0), Value::from(row.get::<_, i64>(1)));
+        }
+        let mut by_source = Map::new();
+        for row in client.query(&by("source"), &[&all, &org]).await? {
+            by_source.insert(row.get(0), Value::from(row.get::<_, i64>(1)));
+        }
+        let dead_letters: i64 = client
+            .query_one("SELECT count(*) FROM pgtide.dead_letters", &[])
+            .await?
+            .get(0);
+        let ts = |i: usize| totals.get::<_, Option<OffsetDateTime>>(i).map(format_ts);
+        Ok(serde_json::json!({
+            "total_events": totals.get::<_, i64>(0),
+            "last_seq": totals.get::<_, i64>(3),
+            "oldest_event_ts": ts(1),
+            "newest_event_ts": ts(2),
+            "events_by_type": by_type,
+            "events_by_source": by_source,
+            "dead_letters": if all { Value::from(dead_letters) } else { Value::Null },
+        }))
     }
 
     /// The newest stored `seq` (0 when empty).
@@ -303,6 +348,9 @@ pub struct EventQuery {
     pub end_time: Option<OffsetDateTime>,
     pub after_seq: Option<i64>,
     pub limit: i64,
+    /// Tenancy: `None` sees every org (admins); `Some(org)` sees that org's
+    /// events and events with no org.
+    pub org_scope: Option<Option<i64>>,
 }
 
 impl EventQuery {

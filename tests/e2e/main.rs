@@ -5,6 +5,7 @@ mod cdc;
 mod cli;
 mod dev;
 mod durability;
+mod exactly_once;
 mod harness;
 mod http;
 mod mappings;

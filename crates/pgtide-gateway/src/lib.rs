@@ -6,6 +6,7 @@
 //! - [`mappings`]: `GET /v1/mappings`, the running set and the last reload's errors.
 //! - [`hub`]: the one delivery path: store tailer, pattern index, bounded outboxes.
 //! - [`ws`]: the `/ws` protocol.
+//! - [`exactly_once`]: `/ws/exactly-once`, durable consumers with acks.
 //! - [`auth`]: who is calling.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
 //!
@@ -14,6 +15,7 @@
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod exactly_once;
 pub mod health;
 pub mod hub;
 pub mod mappings;
@@ -43,6 +45,7 @@ pub struct AppState {
     pub mapping_commands: tokio::sync::mpsc::Sender<mappings::MappingCommand>,
     pub hub: hub::Hub,
     pub auth: auth::Auth,
+    pub exactly_once: exactly_once::Consumers,
 }
 
 /// The whole router.
@@ -53,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         .merge(registry::routes())
         .merge(mappings::routes())
         .route("/ws", axum::routing::get(ws::upgrade))
+        .route(
+            "/ws/exactly-once",
+            axum::routing::get(exactly_once::upgrade),
+        )
         .route("/v1/metrics/ws", axum::routing::get(ws_metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))

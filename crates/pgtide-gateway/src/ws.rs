@@ -26,7 +26,7 @@ pub const MAX_FRAME: usize = 1024 * 1024;
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
-    token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 /// Authenticates before upgrading, so a bad token is a plain 401.

@@ -41,8 +41,12 @@ pub(crate) struct Loaded {
     pub mappings: Vec<Mapping>,
 }
 
-/// Reads the `*.yaml` / `*.yml` files of `dir`, sorted by name. A missing
-/// directory has no files.
+/// Reads the `*.yaml` / `*.yml` files of `dir` (not recursive, sorted by
+/// name, names starting with `.` skipped) as `(path, contents)` pairs ready
+/// for [`crate::MappingSet::load_sources`]. The path is `dir` joined with
+/// the file name, as displayed in errors (`mappings/orders.yaml`): do not
+/// join it with `dir` again. A missing directory has no files; a file that
+/// cannot be read is a [`LoadError`] at its line 1, column 1.
 pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, Vec<LoadError>> {
     let whole = |message: String| {
         vec![LoadError {

@@ -10,6 +10,7 @@
 //! Every write that assigns `seq` takes the `seq_counter` row lock until it
 //! commits, so commits happen in `seq` order and `seq > N` readers miss nothing.
 
+pub mod consumers;
 pub mod dead_letters;
 pub mod events;
 pub mod mappings;
@@ -21,6 +22,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use pgtide_pg::PgConfig;
 use tokio::sync::watch;
 
+pub use consumers::ConsumerState;
 pub use dead_letters::{DeadLetter, DeadLetterKind, DeadLetterRecord};
 pub use events::{CdcWrite, EventQuery, StoredBatch};
 pub use mappings::ApiMapping;

@@ -8,6 +8,11 @@ use crate::{Result, StoreError};
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "events", include_str!("../../../sql/001_events.sql")),
     (2, "registry", include_str!("../../../sql/002_registry.sql")),
+    (
+        3,
+        "consumers",
+        include_str!("../../../sql/003_consumers.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.

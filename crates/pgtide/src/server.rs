@@ -179,6 +179,7 @@ pub async fn start(
         mapping_commands: commands_tx,
         hub,
         auth: Auth::Insecure,
+        exactly_once: Default::default(),
     };
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;

@@ -159,11 +159,9 @@ impl Reloader {
         &self,
         extra: Option<(String, String)>,
     ) -> anyhow::Result<Result<Vec<(String, String)>, Vec<LoadError>>> {
+        // The file names come back already joined to the directory.
         let mut sources = match pgtide_mapping::load::read_dir(&self.dir) {
-            Ok(files) => files
-                .into_iter()
-                .map(|(name, text)| (self.dir.join(name).display().to_string(), text))
-                .collect::<Vec<_>>(),
+            Ok(files) => files,
             Err(errors) => return Ok(Err(errors)),
         };
         for m in self.store.api_mappings().await? {

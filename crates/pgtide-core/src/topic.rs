@@ -137,6 +137,34 @@ impl Pattern {
         parts.next().is_none()
     }
 
+    /// Whether every topic `other` matches is also matched by `self` (set
+    /// inclusion), so a grant like `orders.**` can be checked against a
+    /// requested subscription like `orders.*` without enumerating topics.
+    ///
+    /// Walk both patterns segment by segment: a final `**` in `self` takes any
+    /// non-empty rest; `*` takes one segment of any kind except a final `**`
+    /// (which also stands for longer topics); a literal takes only the same
+    /// literal. Otherwise both must end together.
+    pub fn covers(&self, other: &Pattern) -> bool {
+        for (i, mine) in self.segments.iter().enumerate() {
+            let Some(theirs) = other.segments.get(i) else {
+                // `other` is shorter, so it matches topics `self` cannot.
+                return false;
+            };
+            let ok = match (mine, theirs) {
+                (Segment::OneOrMore, _) => return true,
+                (Segment::One, Segment::OneOrMore) => false,
+                (Segment::One, _) => true,
+                (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                (Segment::Literal(_), _) => false,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        other.segments.len() == self.segments.len()
+    }
+
     /// An anchored POSIX regular expression for the same set of topics, so the
     /// store can filter in SQL (`topic ~ regex`). Segments hold no regex
     /// metacharacters, so literals need no escaping.
@@ -284,5 +312,102 @@ mod tests {
         );
         assert_eq!(Pattern::parse("jobs/**").unwrap().as_str(), "jobs.**");
         assert!(Pattern::parse("**").unwrap().matches_all());
+    }
+
+    fn covers(a: &str, b: &str) -> bool {
+        Pattern::parse(a)
+            .unwrap()
+            .covers(&Pattern::parse(b).unwrap())
+    }
+
+    #[test]
+    fn covers_examples() {
+        for other in ["x", "a.b.c", "*", "*.*", "**", "a.**", "*.b.**"] {
+            assert!(covers("**", other), "** covers {other}");
+        }
+        assert!(covers("orders.**", "orders.*"));
+        assert!(covers("orders.**", "orders.a.b"));
+        assert!(covers("orders.**", "orders.**"));
+        assert!(covers("orders.**", "orders.*.**"));
+        assert!(!covers("orders.**", "orders"));
+        assert!(!covers("orders.**", "**"));
+        assert!(!covers("orders.**", "*.x"));
+        assert!(!covers("orders.*", "orders.**"));
+        assert!(covers("orders.*", "orders.x"));
+        assert!(covers("orders.*", "orders.*"));
+        assert!(!covers("orders.*", "orders.x.y"));
+        assert!(!covers("orders.*", "orders"));
+        assert!(covers("*.x", "a.x"));
+        assert!(covers("*.x", "*.x"));
+        assert!(!covers("*.x", "a.y"));
+        assert!(!covers("a.*", "*.*"));
+        assert!(covers("*.*", "a.*"));
+        assert!(!covers("*", "**"));
+        assert!(covers("*.**", "a.**"));
+        assert!(covers("*.**", "*.*.*"));
+        assert!(!covers("*.**", "*"));
+        assert!(covers("a.b", "a.b"));
+        assert!(!covers("a.b", "a.c"));
+        assert!(!covers("a.b", "a.b.c"));
+        assert!(!covers("a.b.c", "a.b"));
+        assert!(!covers("a.*.c", "a.**"));
+        // `/` is read as `.` on both sides.
+        assert!(covers("jobs/**", "jobs.abc/*"));
+    }
+
+    /// Every pattern of up to three segments over `a`, `b`, `*` (and a final
+    /// `**`), checked against `matches` on every topic of up to four segments
+    /// over `a`, `b`, `c`. `c` stands for "any other name" and the extra
+    /// length for "longer topics", so any topic that separates two of these
+    /// patterns has a representative here; the brute-force answer is exact.
+    #[test]
+    fn covers_agrees_with_matches_by_brute_force() {
+        let mut patterns: Vec<String> = Vec::new();
+        let mut prefixes: Vec<String> = vec![String::new()];
+        for _ in 0..3 {
+            let mut next = Vec::new();
+            for prefix in &prefixes {
+                for last in ["a", "b", "*", "**"] {
+                    patterns.push(format!("{prefix}{last}"));
+                }
+                for seg in ["a", "b", "*"] {
+                    next.push(format!("{prefix}{seg}."));
+                }
+            }
+            prefixes = next;
+        }
+        let mut topics: Vec<String> = Vec::new();
+        let mut level: Vec<String> = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for prefix in &level {
+                for seg in ["a", "b", "c"] {
+                    let topic = if prefix.is_empty() {
+                        seg.to_owned()
+                    } else {
+                        format!("{prefix}.{seg}")
+                    };
+                    topics.push(topic.clone());
+                    next.push(topic);
+                }
+            }
+            level = next;
+        }
+        let parsed: Vec<Pattern> = patterns
+            .iter()
+            .map(|p| Pattern::parse(p).unwrap())
+            .collect();
+        assert_eq!(parsed.len(), 4 + 12 + 36);
+        assert_eq!(topics.len(), 3 + 9 + 27 + 81);
+        for big in &parsed {
+            for small in &parsed {
+                let brute = topics.iter().all(|t| !small.matches(t) || big.matches(t));
+                assert_eq!(
+                    big.covers(small),
+                    brute,
+                    "{big} covers {small}: brute force says {brute}"
+                );
+            }
+        }
     }
 }

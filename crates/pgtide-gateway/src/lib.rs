@@ -20,6 +20,7 @@ pub mod health;
 pub mod hub;
 pub mod mappings;
 pub mod registry;
+pub mod session;
 pub mod ws;
 
 use axum::Router;

@@ -358,3 +358,41 @@ async fn slow_consumer_gets_drops_and_a_notice() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// The official `socket.io-client` (npm), over WebSocket and polling:
+/// subscribe/unsubscribe/publish with acknowledgements, events as `event`,
+/// replay, and errors in the acknowledgement.
+#[tokio::test]
+async fn socket_io_client_works_unchanged() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients/socketio-check.mjs");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .arg(&pgtide.base)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(report["ok"], true);
+    let stored = pgtide
+        .events(&format!(
+            "after_seq={}&limit=1",
+            report["published_seq"].as_i64().unwrap_or(1) - 1
+        ))
+        .await?;
+    assert_eq!(stored["events"][0]["source"], "socketio");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! - [`mappings`]: `GET /v1/mappings`, the running set and the last reload's errors.
 //! - [`hub`]: the one delivery path: store tailer, pattern index, bounded outboxes.
 //! - [`ws`]: the `/ws` protocol.
+//! - [`socketio`]: Socket.IO v4 on `/socket.io/`.
 //! - [`exactly_once`]: `/ws/exactly-once`, durable consumers with acks.
 //! - [`auth`]: who is calling.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
@@ -21,6 +22,7 @@ pub mod hub;
 pub mod mappings;
 pub mod registry;
 pub mod session;
+pub mod socketio;
 pub mod ws;
 
 use axum::Router;
@@ -64,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/metrics/ws", axum::routing::get(ws_metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(socketio::layer(state.clone()))
         .with_state(state)
 }
 

@@ -1,0 +1,176 @@
+//! Socket.IO v4 (path `/socket.io/`) with `socketioxide`, as SPEC §8: the
+//! token in the handshake `auth: {token}` (or `?token=`); `subscribe`,
+//! `unsubscribe` and `publish` answered through the acknowledgement callback
+//! with `{status: "success", data}` or `{status: "error", error: {code,
+//! message}}`; events arrive as `event` with the envelope. Same sessions,
+//! delivery path and bounded outbox as `/ws`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use pgtide_core::EventSource;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::layer::SocketIoLayer;
+use tokio::sync::Mutex;
+
+use crate::AppState;
+use crate::auth::{Caller, query_token};
+use crate::hub::{Outgoing, dropped_notice};
+use crate::session::{Refusal, Request, Session};
+
+/// The Socket.IO layer to put on the router.
+pub fn layer(state: AppState) -> SocketIoLayer {
+    let (layer, io) = SocketIo::builder()
+        .max_payload(crate::MAX_BODY as u64)
+        .build_layer();
+    let auth_state = state.clone();
+    let on_connect = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let state = state.clone();
+        async move { connected(state, s, auth.ok()).await }
+    };
+    let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
+        let state = auth_state.clone();
+        async move {
+            authenticate(&state, &s, auth.ok().as_ref())
+                .await
+                .map(|_| ())
+        }
+    };
+    io.ns("/", on_connect.with(check));
+    layer
+}
+
+/// Why a handshake was refused; Socket.IO sends it as `connect_error`.
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+async fn authenticate(
+    state: &AppState,
+    s: &SocketRef,
+    auth: Option<&Value>,
+) -> Result<Caller, Refused> {
+    let parts = s.req_parts();
+    let token = auth
+        .and_then(|a| a.get("token"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| query_token(parts.uri.query()));
+    state
+        .auth
+        .authenticate(&parts.headers, token.as_deref())
+        .await
+        .map_err(|e| Refused(format!("{}: {}", e.code, e.message)))
+}
+
+fn answer(result: Result<Value, Refusal>) -> Value {
+    match result {
+        Ok(data) => json!({"status": "success", "data": data}),
+        Err((code, message)) => {
+            json!({"status": "error", "error": {"code": code, "message": message}})
+        }
+    }
+}
+
+fn request(data: Value) -> Result<Request, Refusal> {
+    serde_json::from_value(data)
+        .map_err(|e| ("invalid_message", format!("not a valid request: {e}")))
+}
+
+async fn connected(state: AppState, s: SocketRef, auth: Option<Value>) {
+    let Ok(caller) = authenticate(&state, &s, auth.as_ref()).await else {
+        let _ = s.disconnect();
+        return;
+    };
+    state.hub.connections.fetch_add(1, Ordering::Relaxed);
+    let session = Arc::new(Mutex::new(Session::new(
+        state.clone(),
+        caller,
+        EventSource::Socketio,
+    )));
+    let outbox = session.lock().await.outbox.clone();
+    let writer_socket = s.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = outbox.drain().await {
+            for item in batch {
+                let sent = match item {
+                    Outgoing::Event(d) => writer_socket.emit("event", &*d.event),
+                    Outgoing::Dropped(n) => {
+                        let notice: Value =
+                            serde_json::from_str(&dropped_notice(n)).unwrap_or(Value::Null);
+                        writer_socket.emit("event", &notice)
+                    }
+                    Outgoing::Frame(_) => Ok(()),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+
+    let sub = session.clone();
+    s.on(
+        "subscribe",
+        move |Data(data): Data<Value>, ack: AckSender| {
+            let session = sub.clone();
+            async move {
+                let mut session = session.lock().await;
+                match request(data).and_then(|r| session.subscribe(&r)) {
+                    Ok((data, replay)) => {
+                        let _ = ack.send(&answer(Ok(data)));
+                        if let Some(replay) = replay {
+                            session.replay(replay).await;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ack.send(&answer(Err(e)));
+                    }
+                }
+            }
+        },
+    );
+    let unsub = session.clone();
+    s.on(
+        "unsubscribe",
+        move |Data(data): Data<Value>, ack: AckSender| {
+            let session = unsub.clone();
+            async move {
+                let result = match request(data) {
+                    Ok(r) => session.lock().await.unsubscribe(&r),
+                    Err(e) => Err(e),
+                };
+                let _ = ack.send(&answer(result));
+            }
+        },
+    );
+    let publisher = session.clone();
+    s.on("publish", move |Data(data): Data<Value>, ack: AckSender| {
+        let session = publisher.clone();
+        async move {
+            let result = match request(data) {
+                Ok(r) => session.lock().await.publish(r).await,
+                Err(e) => Err(e),
+            };
+            let _ = ack.send(&answer(result));
+        }
+    });
+    let closing = session.clone();
+    let counter = state.hub.connections.clone();
+    s.on_disconnect(move || {
+        let session = closing.clone();
+        let counter = counter.clone();
+        async move {
+            session.lock().await.close();
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+    });
+}

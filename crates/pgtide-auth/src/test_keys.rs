@@ -33,3 +33,57 @@ pub const EC1_Y: &str = "t5GJmC5LHvuLsuKFUJtvr8IiId_bIXLx18XYg8jYXhA";
 pub const EC2_PRIVATE_DER: &str = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgrGAenhAbY8LKuqFOugQfEPZWurmI4XOaEdle4rdwwU2hRANCAAQXYMXWwf9grGFKAfasEh57NmBoJ755illib+OrXcIM6/DN8G220NeJxWTcvXnI48rLK/gG2mjIyK9Yem73Zkop";
 pub const EC2_X: &str = "F2DF1sH_YKxhSgH2rBIeezZgaCe-eYpZYm_jq13CDOs";
 pub const EC2_Y: &str = "8M3wbbbQ14nFZNy9ecjjyssr-AbaaMjIr1h6bvdmSik";
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+fn der(text: &str) -> Vec<u8> {
+    STANDARD
+        .decode(text)
+        .expect("test key constants are base64")
+}
+
+pub fn rsa_encoding_key() -> EncodingKey {
+    EncodingKey::from_rsa_der(&der(RSA_PRIVATE_DER))
+}
+
+pub fn ec1_encoding_key() -> EncodingKey {
+    EncodingKey::from_ec_der(&der(EC1_PRIVATE_DER))
+}
+
+pub fn ec2_encoding_key() -> EncodingKey {
+    EncodingKey::from_ec_der(&der(EC2_PRIVATE_DER))
+}
+
+pub fn rsa_jwk(kid: &str) -> Value {
+    json!({"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": RSA_N, "e": RSA_E})
+}
+
+pub fn ec1_jwk(kid: &str) -> Value {
+    json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": EC1_X, "y": EC1_Y})
+}
+
+pub fn ec2_jwk(kid: &str) -> Value {
+    json!({"kty": "EC", "crv": "P-256", "alg": "ES256", "kid": kid, "x": EC2_X, "y": EC2_Y})
+}
+
+pub fn rs256_header(kid: &str) -> Header {
+    Header {
+        kid: Some(kid.into()),
+        ..Header::new(Algorithm::RS256)
+    }
+}
+
+pub fn es256_header(kid: &str) -> Header {
+    Header {
+        kid: Some(kid.into()),
+        ..Header::new(Algorithm::ES256)
+    }
+}
+
+/// A compact JWS of `payload` under `header`, signed with `key`.
+pub fn sign(header: Header, payload: &Value, key: &EncodingKey) -> String {
+    jsonwebtoken::encode(&header, payload, key).expect("test tokens sign")
+}

@@ -45,7 +45,16 @@ async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
         .expect("banner names the database");
     // The printed curl, run as printed (its line continuation joined).
     let start = text.find("curl -s -X POST").expect("a publishing curl");
-    let curl: String = text[start..].lines().take(2).collect::<Vec<_>>().join("\n");
+    let export = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("export TOKEN="))
+        .expect("a token export");
+    let token = export.trim_start_matches("export TOKEN=").to_owned();
+    let curl = format!(
+        "{export}\n{}",
+        text[start..].lines().take(2).collect::<Vec<_>>().join("\n")
+    );
     let out = Command::new("sh").arg("-c").arg(&curl).output().await?;
     let body: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(body["event_type"], "custom.hello", "{curl} -> {body}");
@@ -61,6 +70,7 @@ async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
     loop {
         let page: serde_json::Value = http
             .get(format!("{api}/v1/events?topics=tables.orders.insert"))
+            .bearer_auth(&token)
             .send()
             .await?
             .json()

@@ -30,7 +30,7 @@ mod test_keys;
 
 pub use claims::{Claims, Role};
 pub use jwks::JwksVerifier;
-pub use mint::{TokenRequest, mint_hs256};
+pub use mint::{TokenRequest, mint_hs256, sign_hs256_claims};
 pub use verifier::{Secret, Verifier};
 
 /// Why a token was not accepted. Every message is one line that a client may

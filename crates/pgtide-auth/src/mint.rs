@@ -82,6 +82,17 @@ pub fn mint_hs256(secret: &str, request: &TokenRequest) -> Result<String> {
     .map_err(|e| AuthError::InvalidClaims(format!("cannot encode the token: {e}")))
 }
 
+/// Signs exactly these claims with HS256, unchecked: for tests and tools
+/// that need tokens `pgtide token` would not make (already expired, odd claims).
+pub fn sign_hs256_claims(secret: &str, claims: &Value) -> Result<String> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| AuthError::Malformed(format!("cannot sign the claims: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use base64::Engine;

@@ -1,9 +1,10 @@
-//! Who is calling: the bearer token (header or `?token=`), verified, or the
-//! all-powerful caller of `--insecure-no-auth`.
+//! Who is calling: the bearer token (`Authorization: Bearer` or `?token=`),
+//! verified, or the all-powerful caller of `--insecure-no-auth`.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use pgtide_auth::{AuthError, Claims, Role, Verifier};
 use pgtide_core::Pattern;
 
 use crate::hub::Visibility;
@@ -14,6 +15,8 @@ use crate::{ApiError, AppState};
 pub enum Auth {
     /// `--insecure-no-auth`: everyone is an admin.
     Insecure,
+    /// JWTs checked by the verifier (HS256 secret or JWKS keys).
+    Jwt(Verifier),
 }
 
 impl Auth {
@@ -23,11 +26,32 @@ impl Auth {
         headers: &HeaderMap,
         query_token: Option<&str>,
     ) -> Result<Caller, ApiError> {
-        match self {
-            Auth::Insecure => {
-                let _ = (headers.get(header::AUTHORIZATION), query_token);
-                Ok(Caller::insecure())
+        let verifier = match self {
+            Auth::Insecure => return Ok(Caller::new(Claims::insecure())),
+            Auth::Jwt(v) => v,
+        };
+        let token = match headers.get(header::AUTHORIZATION) {
+            Some(value) => {
+                let value = value
+                    .to_str()
+                    .map_err(|_| unauthorized("the Authorization header is not valid text"))?;
+                pgtide_auth::bearer(value).map_err(|e| unauthorized(e.to_string()))?
             }
+            None => query_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+                unauthorized("missing token: send Authorization: Bearer <JWT> (or ?token=<JWT>)")
+            })?,
+        };
+        match verifier.verify(token).await {
+            Ok(claims) => Ok(Caller::new(claims)),
+            Err(e @ AuthError::Jwks(_)) => {
+                tracing::error!(error = %e, "JWKS unavailable");
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "token keys are unavailable; try again",
+                ))
+            }
+            Err(e) => Err(unauthorized(e.to_string())),
         }
     }
 }
@@ -35,58 +59,58 @@ impl Auth {
 /// A verified caller and what it may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub sub: String,
+    pub claims: Claims,
     pub admin: bool,
-    pub org: Option<i64>,
-    pub subscribe: Option<Vec<Pattern>>,
-    pub publish: Option<Vec<Pattern>>,
 }
 
 impl Caller {
-    pub fn insecure() -> Caller {
+    pub fn new(claims: Claims) -> Caller {
         Caller {
-            sub: "insecure".into(),
-            admin: true,
-            org: None,
-            subscribe: None,
-            publish: None,
+            admin: claims.is_admin(),
+            claims,
         }
     }
 
     pub fn org_id(&self) -> Option<i64> {
-        self.org
+        self.claims.org_id
     }
 
     pub fn visibility(&self) -> Visibility {
         Visibility {
             admin: self.admin,
-            org_id: self.org,
-        }
-    }
-
-    pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
-        match &self.subscribe {
-            None => true,
-            Some(allowed) => allowed.iter().any(|a| a.as_str() == "**" || a == pattern),
+            org_id: self.claims.org_id,
         }
     }
 
     /// What the caller may read: `None` is every org (admins).
     pub fn org_scope(&self) -> Option<Option<i64>> {
-        if self.admin { None } else { Some(self.org) }
+        if self.admin {
+            None
+        } else {
+            Some(self.claims.org_id)
+        }
+    }
+
+    pub fn may_subscribe(&self, pattern: &Pattern) -> bool {
+        self.claims.may_subscribe(pattern)
     }
 
     pub fn may_publish(&self, topic: &str) -> bool {
-        match &self.publish {
-            None => true,
-            Some(allowed) => allowed.iter().any(|a| a.matches(topic)),
+        self.claims.may_publish(topic)
+    }
+
+    /// 403 unless the caller's role is at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.claims.role >= role {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "this needs the {} role; the token has {}",
+                role.as_str(),
+                self.claims.role.as_str()
+            )))
         }
     }
-}
-
-/// 401 with the contract's body.
-pub fn unauthorized(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
 /// The `token` query parameter, for clients that cannot set headers.
@@ -95,7 +119,7 @@ pub fn query_token(query: Option<&str>) -> Option<String> {
         .split('&')
         .filter_map(|pair| pair.split_once('='))
         .find(|(k, _)| *k == "token")
-        .map(|(_, v)| v.replace("%2E", ".").replace("%2e", "."))
+        .map(|(_, v)| v.to_owned())
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -111,6 +135,11 @@ impl FromRequestParts<AppState> for Caller {
             .authenticate(&parts.headers, token.as_deref())
             .await
     }
+}
+
+/// 401 with the contract's body.
+pub fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
 }
 
 /// 403 with the contract's body.

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
 
 async fn ws_metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
+    _caller: auth::Caller,
 ) -> axum::Json<serde_json::Value> {
     use std::sync::atomic::Ordering;
     axum::Json(serde_json::json!({

@@ -15,8 +15,10 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
+use crate::auth::Caller;
 use crate::events::json_body;
 use crate::{ApiError, AppState};
+use pgtide_auth::Role;
 
 /// A change to the API-defined mappings, answered once it is applied (the
 /// new set running) or refused (the running set unchanged).
@@ -111,7 +113,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/mappings/{name}", delete(delete_mapping))
 }
 
-async fn list_mappings(State(state): State<AppState>) -> Json<Value> {
+async fn list_mappings(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let view = state.mappings.borrow().clone();
     let mappings: Vec<Value> = view
         .mappings
@@ -157,8 +159,10 @@ async fn send_command<T>(
 
 async fn create_mapping(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
     let definition: Value = json_body(body)?;
     if !definition.is_object() {
         return Err(ApiError::bad_request(
@@ -180,8 +184,10 @@ async fn create_mapping(
 
 async fn delete_mapping(
     State(state): State<AppState>,
+    caller: Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
     send_command(&state, |respond| MappingCommand::Delete { name, respond }).await?;
     Ok(StatusCode::NO_CONTENT)
 }

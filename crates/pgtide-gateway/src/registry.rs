@@ -13,8 +13,10 @@ use pgtide_store::{DeadLetterKind, Owner};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::events::json_body;
 use crate::{ApiError, AppState};
+use pgtide_auth::Role;
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -37,7 +39,10 @@ fn topic_name(text: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid topic: {e}")))
 }
 
-async fn list_topics(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_topics(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"topics": state.store.list_topics().await?})))
 }
 
@@ -51,8 +56,10 @@ struct CreateTopic {
 
 async fn create_topic(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
     let req: CreateTopic = json_body(body)?;
     let name = topic_name(&req.name)?;
     let topic = state
@@ -71,6 +78,7 @@ async fn create_topic(
 
 async fn get_topic(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let topic = state.store.get_topic(&topic_name(&topic)?).await?;
@@ -87,9 +95,11 @@ struct PatchTopic {
 
 async fn patch_topic(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
     let req: PatchTopic = json_body(body)?;
     if let Some(v) = req.active_schema_version
         && v < 0
@@ -112,8 +122,10 @@ async fn patch_topic(
 
 async fn delete_topic(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
     state
         .store
         .delete_topic(&topic_name(&topic)?, Owner::Api)
@@ -123,6 +135,7 @@ async fn delete_topic(
 
 async fn list_schemas(
     State(state): State<AppState>,
+    _caller: Caller,
     Path(topic): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let schemas = state.store.list_schemas(&topic_name(&topic)?).await?;
@@ -137,9 +150,11 @@ struct RegisterSchema {
 
 async fn register_schema(
     State(state): State<AppState>,
+    caller: Caller,
     Path(topic): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(Role::Operator)?;
     let req: RegisterSchema = json_body(body)?;
     let topic = topic_name(&topic)?;
     let version = state
@@ -162,8 +177,10 @@ struct DeadLetterParams {
 
 async fn list_dead_letters(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<DeadLetterParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
     let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let kind = params
         .kind
@@ -194,8 +211,10 @@ async fn list_dead_letters(
 /// its original id) and removed from the dead letters.
 async fn retry_dead_letter(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Operator)?;
     let letter = state.store.dead_letter(id).await?;
     match letter.kind {
         DeadLetterKind::Validation => {

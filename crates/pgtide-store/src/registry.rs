@@ -80,12 +80,15 @@ pub fn issues(validator: &jsonschema::Validator, instance: &Value) -> Vec<Valida
         .collect()
 }
 
+/// A topic's active version and its compiled validator.
+type ActiveSchema = (i32, Arc<jsonschema::Validator>);
+
 /// Compiled validators of the topics with an active schema, shared by the CDC
 /// pipeline and the API. Reloaded after every registry change on this node and
 /// periodically (for changes made by other nodes).
 #[derive(Clone, Default)]
 pub struct SchemaCache {
-    inner: Arc<RwLock<HashMap<String, (i32, Arc<jsonschema::Validator>)>>>,
+    inner: Arc<RwLock<HashMap<String, ActiveSchema>>>,
 }
 
 impl SchemaCache {

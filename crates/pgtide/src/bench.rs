@@ -56,6 +56,12 @@ pub struct CdcBenchArgs {
     /// Events per store transaction (the pipeline's --max-batch).
     #[arg(long, env = "PGTIDE_BENCH_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,
+    /// Keep pgtide's store in a database of its own on the same server,
+    /// instead of in the benchmarked database (as `pgtide dev` and a `run`
+    /// without --store-url do). Logical decoding then skips the store's WAL
+    /// without decoding it.
+    #[arg(long, env = "PGTIDE_BENCH_SEPARATE_STORE")]
+    pub separate_store: bool,
 }
 
 pub async fn cdc(args: CdcBenchArgs) -> anyhow::Result<()> {
@@ -100,6 +106,7 @@ fn validate(args: &CdcBenchArgs) -> anyhow::Result<()> {
 struct Names {
     suffix: String,
     database: String,
+    store_database: String,
     recv_slot: String,
     pgtide_slot: String,
 }
@@ -116,6 +123,7 @@ impl Names {
         let suffix = format!("{:012x}", h.finish() & 0xffff_ffff_ffff);
         Names {
             database: format!("pgtide_bench_{suffix}"),
+            store_database: format!("pgtide_bench_{suffix}_store"),
             recv_slot: format!("bench_recv_{suffix}"),
             pgtide_slot: format!("bench_pgtide_{suffix}"),
             suffix,
@@ -222,6 +230,7 @@ struct Report {
     wal_bytes: i64,
     recv: Duration,
     pgtide: Duration,
+    separate_store: bool,
     latency: Option<LatencyReport>,
 }
 
@@ -270,9 +279,14 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  pgtide (pgoutput -> event store):       {:.1} s  {:.0} rows/s",
+            "  pgtide (pgoutput -> event store):       {:.1} s  {:.0} rows/s  (store in {})",
             self.pgtide.as_secs_f64(),
-            pgtide_rate
+            pgtide_rate,
+            if self.separate_store {
+                "a separate database"
+            } else {
+                "the source database"
+            }
         )?;
         writeln!(
             f,
@@ -322,14 +336,30 @@ async fn bench(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Report> {
     let admin = server.admin.connect().await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&names.database)))
-        .await
-        .with_context(|| format!("creating database {}", names.database))?;
+    let mut databases = vec![&names.database];
+    if args.separate_store {
+        databases.push(&names.store_database);
+    }
+    for db in databases {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(db)))
+            .await
+            .with_context(|| format!("creating database {db}"))?;
+    }
     drop(admin);
     let config = server.admin.with_dbname(&names.database);
-    let mut client = config.connect().await?;
-    prepare(&mut client, names).await?;
+    let store_config = if args.separate_store {
+        server.admin.with_dbname(&names.store_database)
+    } else {
+        config.clone()
+    };
+    let mut store_client = store_config.connect().await?;
+    pgtide_store::migrate::migrate(&mut store_client)
+        .await
+        .context("creating pgtide's store schema")?;
+    drop(store_client);
+    let client = config.connect().await?;
+    prepare(&client, names).await?;
 
     let generated = generate(&client, args.rows, args.tx_rows).await?;
 
@@ -349,7 +379,7 @@ async fn bench(
     );
     drop_slot(&client, &names.recv_slot).await?;
 
-    let store = Store::new(&config, 4)?;
+    let store = Store::new(&store_config, 4)?;
     let base = store.last_seq().await?;
     let mut committed = store.committed_seq();
     let cdc_config = CdcConfig {
@@ -412,13 +442,13 @@ async fn bench(
         wal_bytes: generated.wal_bytes,
         recv,
         pgtide,
+        separate_store: args.separate_store,
         latency,
     })
 }
 
-/// The table, the publication and both slots, all before any row exists;
-/// and pgtide's store schema.
-async fn prepare(client: &mut tokio_postgres::Client, names: &Names) -> anyhow::Result<()> {
+/// The table, the publication and both slots, all before any row exists.
+async fn prepare(client: &tokio_postgres::Client, names: &Names) -> anyhow::Result<()> {
     client
         .batch_execute(&format!(
             "CREATE TABLE public.bench_rows (
@@ -439,9 +469,6 @@ async fn prepare(client: &mut tokio_postgres::Client, names: &Names) -> anyhow::
         )
         .await
         .context("creating the pg_recvlogical slot")?;
-    pgtide_store::migrate::migrate(client)
-        .await
-        .context("creating pgtide's store schema")?;
     setup::preflight(client, &names.pgtide_slot)
         .await
         .context("checking the database")?;
@@ -824,12 +851,11 @@ async fn cleanup(server: &Server, names: &Names) {
             tracing::warn!(error = format!("{e:#}"), %slot, "could not drop a bench slot");
         }
     }
-    let sql = format!(
-        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-        quote_ident(&names.database)
-    );
-    if let Err(e) = admin.batch_execute(&sql).await {
-        tracing::warn!(error = %e, database = %names.database, "could not drop the bench database");
+    for db in [&names.database, &names.store_database] {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db));
+        if let Err(e) = admin.batch_execute(&sql).await {
+            tracing::warn!(error = %e, database = %db, "could not drop a bench database");
+        }
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Command {
         #[arg(long, env = "PGTIDE_DATABASE_URL")]
         database_url: Option<String>,
     },
+    /// Print a signed JWT for the configured secret, alone on one line.
+    Token(TokenArgs),
     /// Create or upgrade the `pgtide` schema (idempotent).
     Migrate(DbArgs),
     /// Inspect or drop the replication slot.
@@ -91,7 +93,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PGTIDE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
     /// HS256 secret for JWT authentication.
-    #[arg(long, env = "PGTIDE_JWT_SECRET")]
+    #[arg(long, env = "PGTIDE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
     /// JWKS file or URL for RS256/ES256 JWT authentication.
     #[arg(long, env = "PGTIDE_JWKS")]
@@ -135,6 +137,34 @@ pub struct DevArgs {
     /// Tables to capture to default topics (default: every demo table).
     #[arg(long, env = "PGTIDE_CAPTURE", default_value = "*")]
     pub capture: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The subject (`sub`).
+    #[arg(long)]
+    pub sub: String,
+    /// The organization (`org_id`); events of other orgs stay invisible.
+    #[arg(long)]
+    pub org: Option<i64>,
+    /// admin, operator or read.
+    #[arg(long, default_value = "read")]
+    pub role: String,
+    /// A pattern the token may subscribe to (repeatable; none: every topic of its org).
+    #[arg(long)]
+    pub subscribe: Vec<String>,
+    /// A pattern the token may publish to (repeatable; none: the role decides).
+    #[arg(long)]
+    pub publish: Vec<String>,
+    /// Allow SQL over WebSocket/WebRTC.
+    #[arg(long)]
+    pub sql: bool,
+    /// Lifetime, e.g. 1h, 30d.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// The HS256 secret pgtide runs with.
+    #[arg(long, env = "PGTIDE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,9 @@ use pgtide_pg::PgConfig;
 use pgtide_pg::local::{LocalOptions, LocalPostgres};
 use tokio_util::sync::CancellationToken;
 
+use pgtide_auth::{Role, TokenRequest, Verifier, mint_hs256};
+use pgtide_gateway::auth::Auth;
+
 use crate::cli::{DevArgs, ServeArgs, SlotArgs};
 use crate::server;
 
@@ -44,7 +47,7 @@ async fn serve(
         mappings: args.mappings.clone(),
         capture: args.capture.clone(),
         retention: std::time::Duration::from_secs(7 * 24 * 3600),
-        insecure_no_auth: true,
+        insecure_no_auth: false,
         jwt_secret: None,
         jwks: None,
         max_batch: 5000,
@@ -55,20 +58,43 @@ async fn serve(
         slot: "pgtide".into(),
         publication: "pgtide".into(),
     };
-    let running = server::start(&source, &source, &slot, &serve, listener, shutdown).await?;
+    // Dev runs with real auth: a secret of its own (or PGTIDE_JWT_SECRET)
+    // and a ready admin token, so what works here works in production.
+    let secret = match std::env::var("PGTIDE_JWT_SECRET") {
+        Ok(s) if !s.is_empty() => s,
+        _ => random_secret()?,
+    };
+    let mut request = TokenRequest::new("dev-admin");
+    request.role = Role::Admin;
+    request.ttl = Some(std::time::Duration::from_secs(30 * 24 * 3600));
+    let token = mint_hs256(&secret, &request)?;
+    let auth = Auth::Jwt(Verifier::hs256(&secret));
+    let running = server::start(&source, &source, &slot, &serve, auth, listener, shutdown).await?;
     let api = format!("http://{}", running.addr);
     println!("pgtide listening on {api}");
     println!(
         "\npgtide dev is ready\n\
          \n  API:         {api}\
+         \n  WebSocket:   {ws}/ws?token=$TOKEN   Socket.IO: {api}/socket.io/\
          \n  PostgreSQL:  {url}\
-         \n  Auth:        off (dev mode: every client may read and publish)\
+         \n  Admin token: {token}\
+         \n  (mint more with: PGTIDE_JWT_SECRET={secret} pgtide token --sub me --role read)\
          \n\nTry it:\
-         \n  curl -s -X POST {api}/v1/events -H 'Content-Type: application/json' \\\
+         \n  export TOKEN={token}\
+         \n  curl -s -X POST {api}/v1/events -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' \\\
          \n       -d '{{\"event_type\":\"custom.hello\",\"data\":{{\"hello\":\"world\"}}}}'\
          \n  psql '{url}' -c \"INSERT INTO orders (user_id, total) VALUES (1, 9.99)\"\
-         \n  curl -s '{api}/v1/events?topics=**'\
-         \n\nCtrl-C stops pgtide and the throwaway PostgreSQL.\n"
+         \n  curl -s '{api}/v1/events?topics=**' -H \"Authorization: Bearer $TOKEN\"\
+         \n\nCtrl-C stops pgtide and the throwaway PostgreSQL.\n",
+        ws = api.replacen("http://", "ws://", 1),
     );
     running.wait().await
+}
+
+/// 32 random bytes from the OS, hex-encoded.
+fn random_secret() -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -86,6 +86,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             dev::run(args, shutdown).await
         }
         Command::Migrate(db) => server::migrate_only(&db).await,
+        Command::Token(args) => token(args),
         Command::Check { dir, database_url } => {
             let url = database_url.or_else(|| std::env::var("DATABASE_URL").ok());
             if mappings::check(&dir, url.as_deref()).await? {
@@ -104,6 +105,39 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             which: cli::BenchWhich::Cdc(args),
         } => bench::cdc(args).await,
     }
+}
+
+/// `pgtide token`: mints an HS256 token and prints it alone on stdout.
+fn token(args: cli::TokenArgs) -> anyhow::Result<()> {
+    let secret = args.jwt_secret.ok_or_else(|| {
+        anyhow::anyhow!(
+            "pgtide token needs the secret pgtide runs with: --jwt-secret or PGTIDE_JWT_SECRET"
+        )
+    })?;
+    let parse = |patterns: &[String]| -> anyhow::Result<Option<Vec<pgtide_core::Pattern>>> {
+        if patterns.is_empty() {
+            return Ok(None);
+        }
+        patterns
+            .iter()
+            .map(|p| {
+                pgtide_core::Pattern::parse(p).map_err(|e| anyhow::anyhow!("invalid pattern: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map(Some)
+    };
+    let mut request = pgtide_auth::TokenRequest::new(args.sub);
+    request.org_id = args.org;
+    request.role = args
+        .role
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    request.subscribe = parse(&args.subscribe)?;
+    request.publish = parse(&args.publish)?;
+    request.sql = args.sql;
+    request.ttl = Some(args.ttl);
+    println!("{}", pgtide_auth::mint_hs256(&secret, &request)?);
+    Ok(())
 }
 
 /// One cancellation token for the whole process, cancelled by SIGINT or SIGTERM.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use pgtide_auth::Verifier;
 use pgtide_cdc::{Capture, CdcConfig, CdcStatus, setup};
 use pgtide_gateway::auth::Auth;
 use pgtide_gateway::hub::Hub;
@@ -21,33 +22,53 @@ use crate::cli::{DbArgs, RunArgs, ServeArgs, SlotArgs};
 use crate::mappings;
 
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    check_auth(&args.serve)?;
+    let auth = auth(&args.serve).await?;
     let source = PgConfig::parse(&args.db.source_url()?)?;
     let store = PgConfig::parse(&args.db.store_url()?)?;
     let listener = bind(args.serve.listen).await?;
-    let running = start(&source, &store, &args.slot, &args.serve, listener, shutdown).await?;
+    let running = start(
+        &source,
+        &store,
+        &args.slot,
+        &args.serve,
+        auth,
+        listener,
+        shutdown,
+    )
+    .await?;
     // One stable stdout line, so scripts (and the test harness) can find a port-0 address.
     println!("pgtide listening on http://{}", running.addr);
     running.wait().await
 }
 
-/// Authentication arrives with the gateway; until then only an explicit
-/// `--insecure-no-auth` may serve.
-fn check_auth(serve: &ServeArgs) -> anyhow::Result<()> {
-    if serve.jwt_secret.is_some() || serve.jwks.is_some() {
-        bail!(
-            "JWT authentication (--jwt-secret/--jwks) is not available in this build yet; run with --insecure-no-auth on a trusted network"
-        );
-    }
-    if !serve.insecure_no_auth {
-        bail!(
+/// The configured authentication; `run` refuses to start without one unless
+/// `--insecure-no-auth` says so out loud.
+pub async fn auth(serve: &ServeArgs) -> anyhow::Result<Auth> {
+    match (&serve.jwt_secret, &serve.jwks, serve.insecure_no_auth) {
+        (Some(_), Some(_), _) => bail!("give --jwt-secret or --jwks, not both"),
+        (Some(secret), None, _) => {
+            if secret.len() < 16 {
+                bail!(
+                    "--jwt-secret is too short: use at least 16 characters (32 random bytes is better)"
+                );
+            }
+            Ok(Auth::Jwt(Verifier::hs256(secret)))
+        }
+        (None, Some(source), _) => Ok(Auth::Jwt(
+            Verifier::jwks(source)
+                .await
+                .map_err(|e| anyhow::anyhow!("--jwks {source}: {e}"))?,
+        )),
+        (None, None, true) => {
+            tracing::warn!(
+                "--insecure-no-auth: every client may read and publish every event; do not expose this port"
+            );
+            Ok(Auth::Insecure)
+        }
+        (None, None, false) => bail!(
             "refusing to serve without authentication: pass --jwt-secret SECRET or --jwks FILE|URL, or --insecure-no-auth for local use"
-        );
+        ),
     }
-    tracing::warn!(
-        "--insecure-no-auth: every client may read and publish every event; do not expose this port"
-    );
-    Ok(())
 }
 
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
@@ -107,6 +128,7 @@ pub async fn start(
     store_config: &PgConfig,
     slot: &SlotArgs,
     serve: &ServeArgs,
+    auth: Auth,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
@@ -178,7 +200,7 @@ pub async fn start(
         mappings: view_rx,
         mapping_commands: commands_tx,
         hub,
-        auth: Auth::Insecure,
+        auth,
         exactly_once: Default::default(),
     };
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));

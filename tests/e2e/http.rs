@@ -263,3 +263,38 @@ async fn replay_and_stats() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// `--retention` deletes events older than the period, and only those.
+#[tokio::test]
+async fn retention_removes_old_events() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut args = db.run_args();
+    args.extend(["--retention".into(), "1h".into()]);
+    let pgtide = Pgtide::start(&args).await?;
+    post(&pgtide, r#"{"event_type":"a.old","data":1}"#).await?;
+    post(&pgtide, r#"{"event_type":"a.new","data":2}"#).await?;
+    pgtide.stop().await?;
+    // Age the first event by two hours, then run with a one-hour retention.
+    db.client()
+        .await?
+        .batch_execute("UPDATE pgtide.events SET ts = ts - interval '2 hours' WHERE type = 'a.old'")
+        .await?;
+    let pgtide = Pgtide::start(&args).await?;
+    let deadline = std::time::Instant::now() + crate::harness::WAIT;
+    loop {
+        let events = pgtide.all_events(0).await?;
+        let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+        if types == ["a.new"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run: {types:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

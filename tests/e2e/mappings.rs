@@ -658,3 +658,57 @@ async fn api_defined_mappings() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// A topic declared in a file is registered with its schema; editing the
+/// schema registers a new version; events are validated against it.
+#[tokio::test]
+async fn file_schemas_are_versioned() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let dir = tempfile::tempdir()?;
+    let v1 = "topics:\n  - name: report.generated\n    schema:\n      type: object\n      required: [id]\n      properties:\n        id: { type: integer }\n";
+    write(dir.path(), "t.yaml", v1)?;
+    let pgtide = start(&db, dir.path(), &[]).await?;
+    let schemas = |pgtide: &Pgtide| {
+        let req = pgtide
+            .http()
+            .get(pgtide.url("/v1/topics/report.generated/schemas"));
+        async move {
+            anyhow::Ok(
+                req.send().await?.json::<Value>().await?["schemas"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+        }
+    };
+    assert_eq!(schemas(&pgtide).await?.len(), 1);
+    let r = pgtide
+        .http()
+        .post(pgtide.url("/v1/events"))
+        .json(&json!({"event_type": "report.generated", "data": {"id": "x"}}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 422);
+    write(
+        dir.path(),
+        "t.yaml",
+        &format!("{v1}        format: {{ type: string }}\n"),
+    )?;
+    let deadline = Instant::now() + WAIT;
+    while schemas(&pgtide).await?.len() < 2 {
+        assert!(Instant::now() < deadline, "no new version after the edit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let topic: Value = pgtide
+        .http()
+        .get(pgtide.url("/v1/topics/report.generated"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(topic["active_schema_version"], 2);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

@@ -219,10 +219,12 @@ async fn migrate_store(config: &PgConfig) -> anyhow::Result<Vec<i32>> {
     Ok(pgtide_store::migrate::migrate(&mut client).await?)
 }
 
-/// Deletes expired events every minute.
+/// Deletes expired events every minute (or every half retention period, when
+/// that is shorter).
 fn spawn_retention(store: Store, max_age: Duration, shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let period = (max_age / 2).clamp(Duration::from_millis(500), Duration::from_secs(60));
+        let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

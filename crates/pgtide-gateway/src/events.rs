@@ -214,12 +214,12 @@ impl EventsParams {
     }
 }
 
-async fn query_events(
-    State(state): State<AppState>,
-    caller: Caller,
-    params: Result<Query<EventsParams>, QueryRejection>,
+/// One page of events the caller may see: full pages point to the next one.
+async fn page(
+    state: &AppState,
+    caller: &Caller,
+    params: &EventsParams,
 ) -> Result<Json<EventsPage>, ApiError> {
-    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let mut query = params.to_query()?;
     query.org_scope = caller.org_scope();
     let events = state.store.query(&query).await?;
@@ -232,6 +232,15 @@ async fn query_events(
         events,
         next_after_seq,
     }))
+}
+
+async fn query_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Result<Query<EventsParams>, QueryRejection>,
+) -> Result<Json<EventsPage>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    page(&state, &caller, &params).await
 }
 
 /// The body of `POST /v1/events/replay`.
@@ -287,18 +296,7 @@ async fn replay_events(
         after_seq: Some(after),
         limit: req.limit,
     };
-    let mut query = params.to_query()?;
-    query.org_scope = caller.org_scope();
-    let events = state.store.query(&query).await?;
-    let next_after_seq = if events.len() as i64 == query.limit {
-        events.last().map(|e| e.seq)
-    } else {
-        None
-    };
-    Ok(Json(EventsPage {
-        events,
-        next_after_seq,
-    }))
+    page(&state, &caller, &params).await
 }
 
 async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use pgtide_core::{Event, Pattern};
@@ -72,15 +72,7 @@ pub async fn upgrade(
     Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    let caller = state
-        .auth
-        .authenticate(&headers, query.token.as_deref())
-        .await?;
-    Ok(ws
-        .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection(state, caller, socket))
-        .into_response())
+    crate::ws::authenticated_upgrade(state, &headers, query, ws, connection).await
 }
 
 #[derive(Debug, Deserialize)]

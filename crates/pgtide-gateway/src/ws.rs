@@ -35,14 +35,30 @@ pub async fn upgrade(
     Query(query): Query<TokenQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    authenticated_upgrade(state, &headers, query, ws, connection).await
+}
+
+/// The upgrade both WebSocket endpoints share: authenticate first (401 on a
+/// bad token), cap frames at [`MAX_FRAME`], then run `serve` on the socket.
+pub(crate) async fn authenticated_upgrade<F, Fut>(
+    state: AppState,
+    headers: &HeaderMap,
+    query: TokenQuery,
+    ws: WebSocketUpgrade,
+    serve: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(AppState, Caller, WebSocket) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let caller = state
         .auth
-        .authenticate(&headers, query.token.as_deref())
+        .authenticate(headers, query.token.as_deref())
         .await?;
     Ok(ws
         .max_message_size(MAX_FRAME)
         .max_frame_size(MAX_FRAME)
-        .on_upgrade(move |socket| connection(state, caller, socket))
+        .on_upgrade(move |socket| serve(state, caller, socket))
         .into_response())
 }
 

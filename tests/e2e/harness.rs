@@ -218,19 +218,27 @@ impl Pgtide {
         format!("{}{}", self.base, path)
     }
 
-    /// `GET /v1/events` with a raw query string.
+    /// `GET /v1/events` with a raw query string. A 503 (the store briefly
+    /// unreachable, as right after a cut connection) is retried within [`WAIT`].
     pub async fn events(&self, query: &str) -> anyhow::Result<Value> {
-        let r = self
-            .http
-            .get(self.url(&format!("/v1/events?{query}")))
-            .send()
-            .await?;
-        let status = r.status();
-        let body: Value = r.json().await?;
-        if !status.is_success() {
-            bail!("GET /v1/events?{query} -> {status}: {body}");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let r = self
+                .http
+                .get(self.url(&format!("/v1/events?{query}")))
+                .send()
+                .await?;
+            let status = r.status();
+            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            let body: Value = r.json().await?;
+            if !status.is_success() {
+                bail!("GET /v1/events?{query} -> {status}: {body}");
+            }
+            return Ok(body);
         }
-        Ok(body)
     }
 
     /// Every stored event after `after`, following pages.
@@ -254,11 +262,7 @@ impl Pgtide {
     pub async fn wait_events(&self, n: usize) -> anyhow::Result<Vec<Value>> {
         let deadline = Instant::now() + WAIT;
         loop {
-            // Cheap probe: is there an event past seq n-1?
-            let page = self
-                .events(&format!("after_seq={}&limit=1", n.saturating_sub(1)))
-                .await?;
-            if page["events"].as_array().is_some_and(|e| !e.is_empty()) {
+            if self.has_seq(n as i64).await? {
                 return self.all_events(0).await;
             }
             if Instant::now() > deadline {

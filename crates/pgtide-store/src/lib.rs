@@ -106,7 +106,9 @@ impl Store {
             config_for_pool(config),
             tls,
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // Verified: a connection cut while idle in the pool is noticed at checkout
+                // and replaced, rather than failing the request that drew it.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 /// The publication both readers use.
 const PUBLICATION: &str = "bench_pub";
 
+/// The commit->stored target at the latency phase's rate (p99).
+const SLOW: Duration = Duration::from_millis(10);
+
 #[derive(Debug, clap::Args)]
 pub struct CdcBenchArgs {
     /// Rows to generate before reading, for the throughput comparison.
@@ -230,6 +233,9 @@ struct Report {
     wal_bytes: i64,
     recv: Duration,
     pgtide: Duration,
+    /// From the last row stored until the slot passed the WAL written by then
+    /// (the store's own writes, decoded and skipped when in the same database).
+    caught_up: Duration,
     separate_store: bool,
     latency: Option<LatencyReport>,
 }
@@ -242,6 +248,10 @@ struct LatencyReport {
     p50: Duration,
     p99: Duration,
     max: Duration,
+    /// When the slowest row was committed, from the start of the phase.
+    max_at: Duration,
+    /// Rows slower than [`SLOW`].
+    slow: usize,
     /// Rows seen stored before their COMMIT had returned to us (counted as 0).
     early: usize,
 }
@@ -293,6 +303,11 @@ impl fmt::Display for Report {
             "  ratio pgtide / pg_recvlogical:          {ratio:.2}  (target >= 0.5: {})",
             verdict(ratio >= 0.5)
         )?;
+        writeln!(
+            f,
+            "  pgtide then caught up with the WAL (its own store writes included) in {:.1} s",
+            self.caught_up.as_secs_f64()
+        )?;
         match &self.latency {
             None => writeln!(f, "  commit->stored latency: skipped (--latency-seconds 0)")?,
             Some(l) => {
@@ -304,12 +319,20 @@ impl fmt::Display for Report {
                     ms(l.p50),
                     ms(l.p99),
                     ms(l.max),
-                    verdict(l.p99 <= Duration::from_millis(10))
+                    verdict(l.p99 <= SLOW)
                 )?;
                 writeln!(
                     f,
-                    "    {} single-row transactions, achieved {:.0} rows/s; commit time taken when COMMIT returned to the client,",
-                    l.inserts, l.achieved_rate
+                    "    {} single-row transactions, achieved {:.0} rows/s; {} over {} ms; the slowest committed {:.1} s into the phase",
+                    l.inserts,
+                    l.achieved_rate,
+                    l.slow,
+                    SLOW.as_millis(),
+                    l.max_at.as_secs_f64()
+                )?;
+                writeln!(
+                    f,
+                    "    commit time taken when COMMIT returned to the client,"
                 )?;
                 write!(
                     f,
@@ -416,6 +439,11 @@ async fn bench(
             rows_per_s = rate(args.rows, pgtide) as u64,
             "pgtide done"
         );
+        let caught_up = caught_up(&client, &names.pgtide_slot, &mut pipeline, limit).await?;
+        tracing::info!(
+            seconds = caught_up.as_secs_f64(),
+            "pgtide caught up with the WAL, its own store writes included"
+        );
         let latency = if args.latency_seconds == 0 {
             None
         } else {
@@ -430,11 +458,11 @@ async fn bench(
                 .await?,
             )
         };
-        anyhow::Ok((pgtide, latency))
+        anyhow::Ok((pgtide, caught_up, latency))
     }
     .await;
     pipeline.stop().await;
-    let (pgtide, latency) = measured?;
+    let (pgtide, caught_up, latency) = measured?;
     Ok(Report {
         rows: args.rows,
         tx_rows: args.tx_rows,
@@ -442,6 +470,7 @@ async fn bench(
         wal_bytes: generated.wal_bytes,
         recv,
         pgtide,
+        caught_up,
         separate_store: args.separate_store,
         latency,
     })
@@ -677,6 +706,49 @@ async fn wait_stored(
     }
 }
 
+/// Waits until pgtide's slot is confirmed past the WAL written so far, so the
+/// latency phase starts from a pipeline with no backlog; returns how long that took.
+async fn caught_up(
+    client: &tokio_postgres::Client,
+    slot: &str,
+    pipeline: &mut Pipeline,
+    limit: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let target: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    let check = client
+        .prepare(
+            "SELECT coalesce(confirmed_flush_lsn >= $2::text::pg_lsn, false)
+             FROM pg_replication_slots WHERE slot_name = $1",
+        )
+        .await?;
+    loop {
+        let done: Option<bool> = client
+            .query_opt(&check, &[&slot, &target])
+            .await?
+            .map(|r| r.get(0));
+        match done {
+            Some(true) => return Ok(started.elapsed()),
+            Some(false) => {}
+            None => bail!("replication slot {slot} disappeared"),
+        }
+        if started.elapsed() > limit {
+            bail!(
+                "pgtide's slot did not reach {target} within {} s{}",
+                limit.as_secs(),
+                pipeline.last_error()
+            );
+        }
+        tokio::select! {
+            e = pipeline.exited() => return Err(e),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+}
+
 /// Inserts single-row transactions at `rate` per second for `seconds` while a
 /// watcher notes when each one's event is committed in the store.
 async fn latency(
@@ -753,11 +825,20 @@ async fn latency(
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
         .context("creating the latency histogram")?;
     let mut early = 0;
+    let mut slow = 0;
+    let mut worst = (Duration::ZERO, Duration::ZERO);
     for (commit, stored) in commits.iter().zip(&stored) {
         if stored < commit {
             early += 1;
         }
-        let micros = stored.saturating_duration_since(*commit).as_micros();
+        let latency = stored.saturating_duration_since(*commit);
+        if latency > SLOW {
+            slow += 1;
+        }
+        if latency > worst.0 {
+            worst = (latency, commit.duration_since(started));
+        }
+        let micros = latency.as_micros();
         histogram.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
     }
     let report = LatencyReport {
@@ -768,6 +849,8 @@ async fn latency(
         p50: Duration::from_micros(histogram.value_at_quantile(0.5)),
         p99: Duration::from_micros(histogram.value_at_quantile(0.99)),
         max: Duration::from_micros(histogram.max()),
+        max_at: worst.1,
+        slow,
         early,
     };
     tracing::info!(

@@ -78,7 +78,7 @@ pub async fn cdc(args: CdcBenchArgs) -> anyhow::Result<()> {
     };
     // Stops a pipeline an interruption left running, so its slot can go.
     shutdown.cancel();
-    cleanup(&server, &names).await;
+    cleanup(&server, &names, args.separate_store).await;
     server.stop().await;
     let report = result?;
     print!("{report}");
@@ -272,7 +272,8 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let recv_rate = rate(self.rows, self.recv);
         let pgtide_rate = rate(self.rows, self.pgtide);
-        let ratio = pgtide_rate / recv_rate.max(1e-9);
+        // Rounded down, so the printed figure agrees with the verdict.
+        let ratio = (pgtide_rate / recv_rate.max(1e-9) * 100.0).floor() / 100.0;
         writeln!(
             f,
             "pgtide bench cdc: {} rows in {}-row transactions (~{:.0}-byte rows, {:.0} MB of WAL)",
@@ -921,7 +922,7 @@ async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Resul
 }
 
 /// Drops what the run created on the server; failures are only logged.
-async fn cleanup(server: &Server, names: &Names) {
+async fn cleanup(server: &Server, names: &Names, separate_store: bool) {
     let admin = match server.admin.connect().await {
         Ok(c) => c,
         Err(e) => {
@@ -934,7 +935,11 @@ async fn cleanup(server: &Server, names: &Names) {
             tracing::warn!(error = format!("{e:#}"), %slot, "could not drop a bench slot");
         }
     }
-    for db in [&names.database, &names.store_database] {
+    let mut databases = vec![&names.database];
+    if separate_store {
+        databases.push(&names.store_database);
+    }
+    for db in databases {
         let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(db));
         if let Err(e) = admin.batch_execute(&sql).await {
             tracing::warn!(error = %e, database = %db, "could not drop a bench database");

@@ -161,13 +161,21 @@ pub fn images(
     }
 }
 
-fn cdc_meta(rel: &RelationInfo, tx: &TxContext, op: Op) -> Map<String, Value> {
+/// `meta.lsn`, `meta.xid` and `meta.commit_ts`: what every event from the
+/// stream carries about its transaction.
+fn tx_meta(tx: &TxContext) -> Map<String, Value> {
     let mut meta = Map::new();
     meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
     meta.insert("xid".into(), json!(tx.xid));
+    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
+    meta
+}
+
+/// [`tx_meta`] plus the row change's `meta.table` and `meta.op`.
+fn cdc_meta(rel: &RelationInfo, tx: &TxContext, op: Op) -> Map<String, Value> {
+    let mut meta = tx_meta(tx);
     meta.insert("table".into(), Value::String(rel.qualified_name()));
     meta.insert("op".into(), Value::String(op.as_str().into()));
-    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
     meta
 }
 
@@ -294,11 +302,8 @@ pub fn schema_changed_event(rel: &RelationInfo, tx: &TxContext, previous: &Value
         data,
     );
     event.ts = tx.commit_ts;
-    let mut meta = Map::new();
-    meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
-    meta.insert("xid".into(), json!(tx.xid));
+    let mut meta = tx_meta(tx);
     meta.insert("table".into(), Value::String(rel.qualified_name()));
-    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
     event.meta = meta;
     event
 }
@@ -340,11 +345,7 @@ pub fn publish_event(msg: &LogicalMessage, tx: &TxContext) -> Result<NewEvent, S
             other => (k, other.to_string()),
         })
         .collect::<BTreeMap<_, _>>();
-    let mut meta = Map::new();
-    meta.insert("lsn".into(), Value::String(tx.commit_lsn.to_string()));
-    meta.insert("xid".into(), json!(tx.xid));
-    meta.insert("commit_ts".into(), Value::String(format_ts(tx.commit_ts)));
-    event.meta = meta;
+    event.meta = tx_meta(tx);
     Ok(event)
 }
 

@@ -340,8 +340,10 @@ impl Hub {
 
     /// Ends a replay: held live events newer than `last_replayed` follow it.
     pub fn finish_replay(&self, handle: &SubscriptionHandle, last_replayed: i64) {
-        let held = lock(&handle.subscription.held).take().unwrap_or_default();
-        for d in held {
+        // The lock stays held while the held events go out: a live event the
+        // tailer offers meanwhile waits, then follows them, never overtakes.
+        let mut guard = lock(&handle.subscription.held);
+        for d in guard.take().unwrap_or_default() {
             if d.event.seq > last_replayed {
                 let n = handle.subscription.outbox.push_event(d);
                 if n > 0 {

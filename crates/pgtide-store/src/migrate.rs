@@ -13,6 +13,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "consumers",
         include_str!("../../../sql/003_consumers.sql"),
     ),
+    (4, "webhooks", include_str!("../../../sql/004_webhooks.sql")),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.

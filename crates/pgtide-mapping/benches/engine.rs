@@ -5,6 +5,16 @@
 //!
 //! Also measured: the same five mappings when only plain column reads are
 //! involved (no CEL interpreter at all), and a change on an unmapped table.
+//!
+//! The machine a bench runs on is often shared, so two more figures are
+//! printed. A baseline measured in the same process, cloning the new row into
+//! the data of one default (unmapped) event, which pgtide does for every
+//! captured change anyway: each case's cost is also given as a multiple of
+//! it, a ratio that moves far less with load than the rates do. And with
+//! `PGTIDE_BENCH_ITERS=N` each case runs exactly N changes in
+//! `run_fixed` instead of for two seconds, so an instruction count is
+//! repeatable: `valgrind --tool=callgrind --toggle-collect='*run_fixed*'`
+//! on the bench binary with a case filter, then total Ir / N.
 
 use pgtide_mapping::{Change, MappingSet, Op};
 use serde_json::{Map, Value, json};
@@ -63,46 +73,118 @@ fn row(v: Value) -> Map<String, Value> {
     }
 }
 
-fn measure(label: &str, set: &MappingSet, change: &Change<'_>, expect_events: usize) {
-    // `cargo bench -p pgtide-mapping -- WORD` runs only the cases whose
-    // label contains WORD (handy under a profiler).
-    if let Some(filter) = std::env::args().skip(1).find(|a| !a.starts_with('-'))
-        && !label.contains(&filter)
-    {
-        return;
-    }
-    let produced = set.apply(change);
-    let ok = produced.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ok, expect_events, "{label}: {produced:?}");
+/// The changes each case runs under `PGTIDE_BENCH_ITERS`, if set.
+fn fixed_iterations() -> Option<u64> {
+    std::env::var("PGTIDE_BENCH_ITERS").ok()?.parse().ok()
+}
 
+/// Whether the case `label` was asked for: `cargo bench -p pgtide-mapping --
+/// WORD` runs only the cases whose label contains WORD (handy under a
+/// profiler).
+fn selected(label: &str) -> bool {
+    match std::env::args().skip(1).find(|a| !a.starts_with('-')) {
+        Some(filter) => label.contains(&filter),
+        None => true,
+    }
+}
+
+/// Runs `one` exactly `n` times; the only code a `--toggle-collect` of
+/// callgrind counts.
+#[inline(never)]
+fn run_fixed<R>(n: u64, one: &mut dyn FnMut() -> R) {
+    for _ in 0..n {
+        black_box(one());
+    }
+}
+
+/// Nanoseconds per call of `one` (wall clock, and CPU time of the thread when
+/// the platform tells it), or `None` in fixed-iteration mode.
+fn time(label: &str, one: &mut dyn FnMut() -> usize) -> Option<(f64, Option<f64>)> {
+    if let Some(n) = fixed_iterations() {
+        run_fixed(n, one);
+        println!("{label:<52} ran {n} changes");
+        return None;
+    }
     // warm up, then run for about two seconds
     for _ in 0..10_000 {
-        black_box(set.apply(black_box(change)));
+        black_box(one());
     }
     let mut n: u64 = 0;
     let cpu_start = thread_cpu_ns();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(2) {
         for _ in 0..1_000 {
-            black_box(set.apply(black_box(change)));
+            black_box(one());
         }
         n += 1_000;
     }
-    let secs = start.elapsed().as_secs_f64();
+    let wall = start.elapsed().as_secs_f64() * 1e9 / n as f64;
     // On a shared machine the thread is not always on a core: the CPU time
     // the thread actually got gives the one-core rate.
     let cpu = match (cpu_start, thread_cpu_ns()) {
-        (Some(a), Some(b)) if b > a => {
-            let cpu_secs = (b - a) as f64 / 1e9;
-            format!("{:>10.0} changes/s per CPU-second", n as f64 / cpu_secs)
-        }
-        _ => String::new(),
+        (Some(a), Some(b)) if b > a => Some((b - a) as f64 / n as f64),
+        _ => None,
     };
+    Some((wall, cpu))
+}
+
+fn report(label: &str, wall: f64, cpu: Option<f64>, baseline: Option<f64>, what: &str) {
+    let per_cpu = cpu.map_or(String::new(), |ns| {
+        format!("{:>10.0} changes/s per CPU-second", 1e9 / ns)
+    });
+    // The ratio compares CPU times where known, which load disturbs less.
+    let ratio = baseline.map_or(String::new(), |b| {
+        format!(" {:>5.1}x baseline", cpu.unwrap_or(wall) / b)
+    });
     println!(
-        "{label:<52} {:>9.0} changes/s {:>6.0} ns/change ({expect_events} events) {cpu}",
-        n as f64 / secs,
-        secs * 1e9 / n as f64,
+        "{label:<52} {:>9.0} changes/s {:>6.0} ns/change ({what}) {per_cpu}{ratio}",
+        1e9 / wall,
+        wall,
     );
+}
+
+fn measure(
+    label: &str,
+    set: &MappingSet,
+    change: &Change<'_>,
+    expect_events: usize,
+    baseline: Option<f64>,
+) {
+    if !selected(label) {
+        return;
+    }
+    let produced = set.apply(change);
+    let ok = produced.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, expect_events, "{label}: {produced:?}");
+    // The events are counted so that building them cannot be skipped.
+    let mut one = || black_box(set.apply(black_box(change))).len();
+    if let Some((wall, cpu)) = time(label, &mut one) {
+        report(
+            label,
+            wall,
+            cpu,
+            baseline,
+            &format!("{expect_events} events"),
+        );
+    }
+}
+
+/// What the cases are compared with: the new row cloned into the data of
+/// one default event, the least any captured change costs.
+fn measure_baseline(row: &Map<String, Value>) -> Option<f64> {
+    let label = "baseline: clone the row into one default event";
+    // Timed runs always measure it, for the ratios; a counted run only
+    // when asked for.
+    if fixed_iterations().is_some() && !selected(label) {
+        return None;
+    }
+    let mut one = || match black_box(Value::Object(black_box(row).clone())) {
+        Value::Object(m) => m.len(),
+        _ => 0,
+    };
+    let (wall, cpu) = time(label, &mut one)?;
+    report(label, wall, cpu, None, "1 event");
+    Some(cpu.unwrap_or(wall))
 }
 
 /// CPU time of this thread in nanoseconds (Linux), from
@@ -143,17 +225,20 @@ fn main() {
     };
 
     println!("pgtide-mapping engine benchmark (one core)");
+    let baseline = measure_baseline(&new);
     measure(
         "5 mappings (when + payload + template), update",
         &set,
         &change(Op::Update, Some(&new), Some(&old)),
         4,
+        baseline,
     );
     measure(
         "5 mappings (when + payload + template), insert",
         &set,
         &change(Op::Insert, Some(&new), None),
         3,
+        baseline,
     );
 
     let mut quiet_new = new.clone();
@@ -167,6 +252,7 @@ fn main() {
         &set,
         &change(Op::Update, Some(&quiet_new), Some(&quiet_old)),
         1,
+        baseline,
     );
 
     let plain = match MappingSet::load_sources(
@@ -181,9 +267,10 @@ fn main() {
         &plain,
         &change(Op::Insert, Some(&new), None),
         5,
+        baseline,
     );
 
     let mut other = change(Op::Insert, Some(&new), None);
     other.table = "unmapped";
-    measure("unmapped table", &set, &other, 0);
+    measure("unmapped table", &set, &other, 0, baseline);
 }

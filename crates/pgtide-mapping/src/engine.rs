@@ -2,21 +2,28 @@
 //!
 //! Everything here runs per change, so the work is arranged to be paid once:
 //! mappings are indexed by table (a change on an unmapped table costs two
-//! hash lookups), cheap filters (operation, `changed:`) run before any
-//! expression, the columns the table's mappings read are looked up once,
-//! and the CEL variables are bound once per change and shared by all of the
-//! table's mappings — lazily, so a row is only converted to a CEL map if an
-//! expression needs it whole. Plain column reads and the everyday subset of
-//! CEL skip the interpreter (see [`crate::expr`] and [`crate::fast`]).
+//! cheap hash lookups), cheap filters (operation, `changed:`) run before any
+//! expression, the columns the table's mappings read (`changed:` included)
+//! are looked up once, and the CEL variables are bound once per change and
+//! shared by all of the table's mappings — lazily, so the CEL context is only
+//! made when an expression actually reaches the interpreter, and a row is
+//! only converted to a CEL map if an expression needs it whole. Plain column
+//! reads and the everyday subset of CEL skip the interpreter (see
+//! [`crate::expr`] and [`crate::fast`]).
+//!
+//! Building the events is most of what is left, and it allocates: a busy
+//! table runs this for every change, so each payload object is laid out at
+//! load (its keys cloned per event in one go rather than inserted one by
+//! one) and topic holes are written straight into the topic.
 
 use crate::MappingFailure;
-use crate::expr::{Eval, Expr, Row, Uses};
+use crate::expr::{Eval, Expr, Row};
 use crate::fast::{Col, Lookup, Scope, V};
 use crate::set::MappingInfo;
 use crate::template;
 use crate::value::{
-    AbsentRow, cel_to_json, cel_to_text, double_to_json, json_to_cel, json_to_text, object_to_cel,
-    type_name,
+    AbsentRow, cel_to_json, double_to_json, json_to_cel, object_to_cel, type_name, write_cel_text,
+    write_json_text,
 };
 use cel::common::types::{CelBool, CelInt, CelMap, CelMapKey, CelNull, CelString, CelUInt};
 use cel::common::value::{CowVal, Val};
@@ -24,7 +31,10 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value as CelValue};
 use pgtide_core::Topic;
 use serde_json::{Map, Value as Json};
+use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, OnceLock};
 
 /// The longest topic pgtide-core accepts.
@@ -144,8 +154,6 @@ pub(crate) struct Mapping {
     pub payload: Option<Vec<(String, Expr)>>,
     pub org: Option<Expr>,
     pub key: Option<Expr>,
-    /// What the expressions above read, together.
-    pub uses: Uses,
 }
 
 impl Mapping {
@@ -184,32 +192,94 @@ impl Mapping {
     }
 
     /// Whether the change passes the filters that need no CEL: the
-    /// operation, and for updates the `changed:` columns.
-    fn selects(&self, change: &Change<'_>) -> bool {
+    /// operation, and for updates the `changed:` columns (whose values are
+    /// in `slots`, as `prepared` says).
+    fn selects(&self, change: &Change<'_>, prepared: &Prepared, slots: &[Option<&Json>]) -> bool {
         if self.ops & change.op.bit() == 0 {
             return false;
         }
         match (&self.changed, change.op) {
-            (Some(columns), Op::Update) => any_changed(columns, change),
+            (Some(columns), Op::Update) => any_changed(columns, &prepared.changed, change, slots),
             _ => true,
         }
     }
 }
 
-/// Whether any of `columns` differs between the old and new row. A column
-/// Postgres reported as an unchanged TOASTed value did not change; without
-/// an old row (which the caller refuses at load for mappings with
-/// `changed:`), every other column counts as changed.
-fn any_changed(columns: &[String], change: &Change<'_>) -> bool {
-    columns.iter().any(|column| {
+/// Whether any of `columns` differs between the old and new row, given
+/// the slots of each column in the new and the old row. A column Postgres
+/// reported as an unchanged TOASTed value did not change; without an old
+/// row (which the caller refuses at load for mappings with `changed:`),
+/// every other column counts as changed.
+fn any_changed(
+    columns: &[String],
+    slots: &[(usize, usize)],
+    change: &Change<'_>,
+    values: &[Option<&Json>],
+) -> bool {
+    columns.iter().zip(slots).any(|(column, &(new, old))| {
         if change.unchanged_columns.iter().any(|u| u == column) {
             return false;
         }
         match (change.new, change.old) {
-            (Some(new), Some(old)) => new.get(column) != old.get(column),
+            (Some(_), Some(_)) => values.get(new) != values.get(old),
             _ => true,
         }
     })
+}
+
+/// Puts the value of each of `columns` (name and slot) that `row` has in
+/// its slot. When there are few enough pairs, by one pass over the row
+/// comparing names, cheapest first (lengths, then bytes inline), which
+/// beats a search of the row's tree per column; else by those searches.
+fn find_columns<'r>(
+    row: &'r Map<String, Json>,
+    columns: &[(String, usize)],
+    slots: &mut [Option<&'r Json>],
+) {
+    const MAX_PAIRS: usize = 512;
+    if columns.is_empty() {
+        return;
+    }
+    if row.len().saturating_mul(columns.len()) > MAX_PAIRS {
+        for (name, slot) in columns {
+            if let Some(value) = slots.get_mut(*slot) {
+                *value = row.get(name);
+            }
+        }
+        return;
+    }
+    let mut left = columns.len();
+    for (key, value) in row {
+        let key = key.as_bytes();
+        let found = columns.iter().find(|(name, _)| {
+            let name = name.as_bytes();
+            name.len() == key.len() && name.iter().zip(key).all(|(a, b)| a == b)
+        });
+        if let Some((_, slot)) = found
+            && let Some(place) = slots.get_mut(*slot)
+        {
+            *place = Some(value);
+            left -= 1;
+            if left == 0 {
+                return;
+            }
+        }
+    }
+}
+
+/// A mapping as its table runs it.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// Index into the set's mappings.
+    pub index: usize,
+    /// The slots of the `changed:` columns in the new and the old row, in
+    /// the order of `changed:`.
+    changed: Vec<(usize, usize)>,
+    /// The payload object with every field null, cloned per event and then
+    /// filled, and for each of its entries in its own order, the index of
+    /// the payload field that fills it.
+    object: Map<String, Json>,
+    order: Vec<usize>,
 }
 
 /// The mappings of one table.
@@ -217,20 +287,56 @@ fn any_changed(columns: &[String], change: &Change<'_>) -> bool {
 pub(crate) struct TableMappings {
     /// `schema.table`, the value of CEL's `table`.
     pub qualified: String,
-    /// Indexes into the set's mappings, in load order.
-    pub mappings: Vec<usize>,
+    /// The table's mappings, in load order.
+    pub mappings: Vec<Prepared>,
+    /// Bits of [`Op::bit`] of every mapping together.
+    ops: u8,
     /// The columns the mappings read by name, looked up once per change
     /// rather than once per expression (rows are ordered maps, where a
-    /// lookup costs several string comparisons).
+    /// lookup costs several string comparisons); a column's place here is
+    /// its slot.
     pub columns: Vec<(Row, String)>,
+    /// The same by row: name and slot.
+    new_columns: Vec<(String, usize)>,
+    old_columns: Vec<(String, usize)>,
 }
+
+/// Hashes table names for the per-change lookup. Names come from mapping
+/// files and the database's catalogue, not from untrusted input, so
+/// FNV-1a serves: a tenth of SipHash's cost on short names.
+#[derive(Clone, Copy)]
+pub(crate) struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> NameHasher {
+        NameHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Names<V> = HashMap<String, V, BuildHasherDefault<NameHasher>>;
 
 /// The compiled mappings, indexed by schema then table.
 pub(crate) struct Engine {
     pub env: Arc<Env>,
     pub mappings: Vec<Mapping>,
-    pub by_table: HashMap<String, HashMap<String, TableMappings>>,
+    pub by_table: Names<Names<TableMappings>>,
 }
+
+/// The number of column slots kept on the stack; a table whose mappings
+/// read more columns gets a vector per change.
+const STACK_SLOTS: usize = 16;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -242,30 +348,60 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub fn new(env: Arc<Env>, mut mappings: Vec<Mapping>) -> Engine {
-        let mut by_table: HashMap<String, HashMap<String, TableMappings>> = HashMap::new();
-        for (i, m) in mappings.iter_mut().enumerate() {
+        let mut by_table: Names<Names<TableMappings>> = Names::default();
+        for (index, m) in mappings.iter_mut().enumerate() {
             let entry = by_table
                 .entry(m.schema.clone())
                 .or_default()
                 .entry(m.table.clone())
                 .or_insert_with(|| TableMappings {
                     qualified: m.info.table.clone(),
-                    mappings: Vec::new(),
-                    columns: Vec::new(),
+                    ..TableMappings::default()
                 });
-            entry.mappings.push(i);
+            entry.ops |= m.ops;
             let columns = &mut entry.columns;
+            let mut slot = |row: Row, name: &str| match columns
+                .iter()
+                .position(|(r, c)| *r == row && c == name)
+            {
+                Some(slot) => slot,
+                None => {
+                    columns.push((row, name.to_owned()));
+                    columns.len() - 1
+                }
+            };
+            let changed = m
+                .changed
+                .iter()
+                .flatten()
+                .map(|name| (slot(Row::New, name), slot(Row::Old, name)))
+                .collect();
             for expr in m.expressions_mut() {
-                expr.columns_mut(&mut |col: &mut Col| {
-                    let key = (col.row, col.name.clone());
-                    col.slot = match columns.iter().position(|c| *c == key) {
-                        Some(slot) => slot,
-                        None => {
-                            columns.push(key);
-                            columns.len() - 1
-                        }
-                    };
-                });
+                expr.columns_mut(&mut |col: &mut Col| col.slot = slot(col.row, &col.name));
+            }
+            let mut object = Map::new();
+            let fields = m.payload.as_deref().unwrap_or_default();
+            for (name, _) in fields {
+                object.insert(name.clone(), Json::Null);
+            }
+            let order = object
+                .keys()
+                .filter_map(|key| fields.iter().position(|(name, _)| name == key))
+                .collect();
+            entry.mappings.push(Prepared {
+                index,
+                changed,
+                object,
+                order,
+            });
+        }
+        for entry in by_table.values_mut().flat_map(|tables| tables.values_mut()) {
+            for (slot, (row, name)) in entry.columns.iter().enumerate() {
+                let list = match row {
+                    Row::New => &mut entry.new_columns,
+                    Row::Old => &mut entry.old_columns,
+                };
+                list.push((name.clone(), slot));
             }
         }
         Engine {
@@ -283,54 +419,50 @@ impl Engine {
         let Some(entry) = self.table(change.schema, change.table) else {
             return Vec::new();
         };
-        let mut selected = Vec::with_capacity(entry.mappings.len());
-        let mut uses = Uses::default();
-        for &i in &entry.mappings {
-            let mapping = &self.mappings[i];
-            if mapping.selects(change) {
-                uses = uses.union(mapping.uses);
-                selected.push(mapping);
-            }
-        }
-        if selected.is_empty() {
+        if entry.ops & change.op.bit() == 0 {
             return Vec::new();
         }
-
-        let vars;
-        let context;
-        let ctx = if uses.cel {
-            vars = Vars::bind(change, &entry.qualified);
-            let mut c = Context::with_env(Arc::clone(&self.env));
-            c.set_variable_resolver(&vars);
-            context = c;
-            Some(&context)
+        let mut stack = [None; STACK_SLOTS];
+        let mut heap: Vec<Option<&Json>>;
+        let slots: &mut [Option<&Json>] = if entry.columns.len() <= STACK_SLOTS {
+            &mut stack[..entry.columns.len()]
         } else {
-            None
+            heap = vec![None; entry.columns.len()];
+            &mut heap
         };
-        let slots: Vec<Option<&Json>> = entry
-            .columns
-            .iter()
-            .map(|(row, name)| {
-                let row = match row {
-                    Row::New => change.new,
-                    Row::Old => change.old,
-                };
-                row.and_then(|r| r.get(name))
-            })
-            .collect();
+        if let Some(row) = change.new {
+            find_columns(row, &entry.new_columns, slots);
+        }
+        if let Some(row) = change.old {
+            find_columns(row, &entry.old_columns, slots);
+        }
+        let slots = &*slots;
+        let vars = Vars::bind(change, &entry.qualified);
         let run = Run {
             change,
             scope: Scope {
                 change,
                 qualified: &entry.qualified,
-                slots: &slots,
+                slots,
             },
-            ctx,
+            env: &self.env,
+            vars: &vars,
+            ctx: OnceCell::new(),
         };
-        selected
-            .into_iter()
-            .filter_map(|mapping| run.mapping(mapping).transpose())
-            .collect()
+        let mut out = Vec::new();
+        for (n, prepared) in entry.mappings.iter().enumerate() {
+            let mapping = &self.mappings[prepared.index];
+            if !mapping.selects(change, prepared, slots) {
+                continue;
+            }
+            if let Some(result) = run.mapping(mapping, prepared).transpose() {
+                if out.capacity() == 0 {
+                    out.reserve_exact(entry.mappings.len() - n);
+                }
+                out.push(result);
+            }
+        }
+        out
     }
 }
 
@@ -455,15 +587,23 @@ enum Out<'c> {
 }
 
 /// One change being run through its table's mappings.
-struct Run<'c> {
+struct Run<'c, 'v> {
     change: &'c Change<'c>,
     scope: Scope<'c>,
-    ctx: Option<&'c Context<'c, 'c>>,
+    env: &'c Arc<Env>,
+    vars: &'v Vars<'c>,
+    /// Made the first time an expression needs the interpreter: most
+    /// changes never get there.
+    ctx: OnceCell<Context<'v, 'v>>,
 }
 
-impl<'c> Run<'c> {
+impl Run<'_, '_> {
     /// The mapping's event, `None` when its `when` is false.
-    fn mapping(&self, m: &'c Mapping) -> Result<Option<MappedEvent>, MappingFailure> {
+    fn mapping(
+        &self,
+        m: &Mapping,
+        prepared: &Prepared,
+    ) -> Result<Option<MappedEvent>, MappingFailure> {
         let fail = |message: String| MappingFailure {
             mapping: m.info.name.clone(),
             message,
@@ -475,16 +615,7 @@ impl<'c> Run<'c> {
         }
         let topic = self.topic(&m.topic).map_err(fail)?;
         let data = match &m.payload {
-            Some(fields) => {
-                let mut object = Map::new();
-                for (name, expr) in fields {
-                    let value = self
-                        .json(expr)
-                        .map_err(|e| fail(format!("in `payload.{name}`: {e}")))?;
-                    object.insert(name.clone(), value);
-                }
-                Json::Object(object)
-            }
+            Some(fields) => self.payload(fields, prepared).map_err(fail)?,
             None => self.default_data(),
         };
         let org_id = match &m.org {
@@ -509,7 +640,7 @@ impl<'c> Run<'c> {
         }))
     }
 
-    fn eval(&self, expr: &'c Expr) -> Result<Out<'c>, String> {
+    fn eval<'s>(&'s self, expr: &'s Expr) -> Result<Out<'s>, String> {
         match &expr.eval {
             Eval::Column(col) => match self.scope.lookup(col) {
                 Lookup::Absent => Ok(Out::Absent),
@@ -524,16 +655,44 @@ impl<'c> Run<'c> {
         }
     }
 
-    fn cel(&self, program: &'c Program) -> Result<Out<'c>, String> {
-        let Some(ctx) = self.ctx else {
-            return Err("internal error: CEL context not bound".to_owned());
-        };
+    fn cel<'s>(&'s self, program: &'s Program) -> Result<Out<'s>, String> {
+        let ctx = self.ctx.get_or_init(|| {
+            let mut ctx = Context::with_env(Arc::clone(self.env));
+            ctx.set_variable_resolver(self.vars);
+            ctx
+        });
         CelValue::resolve_val(program.expression(), ctx)
             .map(Out::Cel)
             .map_err(|e| e.to_string())
     }
 
-    fn truth(&self, expr: &'c Expr) -> Result<bool, String> {
+    /// The payload object: the prepared one with its values filled in. The
+    /// fields are evaluated in the object's order; when one fails, they are
+    /// run again in file order so the error is the first field's, as
+    /// written.
+    fn payload(&self, fields: &[(String, Expr)], prepared: &Prepared) -> Result<Json, String> {
+        let mut object = prepared.object.clone();
+        let mut failed = false;
+        for (value, &field) in object.values_mut().zip(&prepared.order) {
+            match fields.get(field).map(|(_, expr)| self.json(expr)) {
+                Some(Ok(v)) => *value = v,
+                _ => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            for (name, expr) in fields {
+                if let Err(e) = self.json(expr) {
+                    return Err(format!("in `payload.{name}`: {e}"));
+                }
+            }
+        }
+        Ok(Json::Object(object))
+    }
+
+    fn truth(&self, expr: &Expr) -> Result<bool, String> {
         let got = match self.eval(expr).map_err(|e| format!("in `when`: {e}"))? {
             Out::Json(Json::Bool(b)) => return Ok(*b),
             Out::Fast(V::Bool(b)) => return Ok(b),
@@ -548,7 +707,7 @@ impl<'c> Run<'c> {
         Err(format!("`when` must be a bool, got {got}"))
     }
 
-    fn json(&self, expr: &'c Expr) -> Result<Json, String> {
+    fn json(&self, expr: &Expr) -> Result<Json, String> {
         match self.eval(expr)? {
             Out::Json(j) => Ok(j.clone()),
             Out::Absent => Ok(Json::Null),
@@ -557,20 +716,27 @@ impl<'c> Run<'c> {
         }
     }
 
-    fn text(&self, expr: &'c Expr) -> Result<Result<String, String>, String> {
+    /// Appends the value of `expr` as text to `out` (see
+    /// [`crate::value::write_cel_text`]); the inner error is the type name of
+    /// a value that has no text.
+    fn write_text(&self, expr: &Expr, out: &mut String) -> Result<Result<(), String>, String> {
+        // Writing to a String cannot fail.
         Ok(match self.eval(expr)? {
-            Out::Json(j) => json_to_text(j),
+            Out::Json(j) => write_json_text(j, out).map_err(str::to_owned),
             Out::Absent | Out::Fast(V::Null) => Err("null".to_owned()),
-            Out::Fast(V::Str(s)) => Ok(s.to_owned()),
-            Out::Fast(V::Int(i)) => Ok(i.to_string()),
-            Out::Fast(V::UInt(u)) => Ok(u.to_string()),
-            Out::Fast(V::Double(d)) => Ok(d.to_string()),
-            Out::Fast(V::Bool(b)) => Ok(b.to_string()),
-            Out::Cel(v) => cel_to_text(v.as_ref()),
+            Out::Fast(V::Str(s)) => {
+                out.push_str(s);
+                Ok(())
+            }
+            Out::Fast(V::Int(i)) => Ok(_ = write!(out, "{i}")),
+            Out::Fast(V::UInt(u)) => Ok(_ = write!(out, "{u}")),
+            Out::Fast(V::Double(d)) => Ok(_ = write!(out, "{d}")),
+            Out::Fast(V::Bool(b)) => Ok(_ = write!(out, "{b}")),
+            Out::Cel(v) => write_cel_text(v.as_ref(), out),
         })
     }
 
-    fn topic(&self, spec: &'c TopicSpec) -> Result<String, String> {
+    fn topic(&self, spec: &TopicSpec) -> Result<String, String> {
         let parts = match spec {
             TopicSpec::Fixed(topic) => return Ok(topic.clone()),
             TopicSpec::Template(parts) => parts,
@@ -581,8 +747,8 @@ impl<'c> Run<'c> {
                 TopicPart::Literal(s) => topic.push_str(s),
                 TopicPart::Hole(expr) => {
                     let hole = || format!("topic template `{{{{ {} }}}}`", expr.source);
-                    let text = self
-                        .text(expr)
+                    let start = topic.len();
+                    self.write_text(expr, &mut topic)
                         .map_err(|e| format!("in {}: {e}", hole()))?
                         .map_err(|got| {
                             format!(
@@ -590,13 +756,13 @@ impl<'c> Run<'c> {
                                 hole()
                             )
                         })?;
-                    if !template::is_segment_text(&text) {
+                    let text = topic.get(start..).unwrap_or_default();
+                    if !template::is_segment_text(text) {
                         return Err(format!(
                             "{} gave {text:?}; it may hold only letters, digits, '_' and '-'",
                             hole()
                         ));
                     }
-                    topic.push_str(&text);
                 }
             }
         }
@@ -617,7 +783,7 @@ impl<'c> Run<'c> {
         }
     }
 
-    fn org(&self, expr: &'c Expr) -> Result<Option<i64>, String> {
+    fn org(&self, expr: &Expr) -> Result<Option<i64>, String> {
         let got = match self.eval(expr).map_err(|e| format!("in `org`: {e}"))? {
             Out::Json(Json::Null) | Out::Absent | Out::Fast(V::Null) => return Ok(None),
             Out::Fast(V::Int(i)) => return Ok(Some(i)),
@@ -654,9 +820,13 @@ impl<'c> Run<'c> {
         ))
     }
 
-    fn key(&self, expr: &'c Expr) -> Result<Option<String>, String> {
-        match self.text(expr).map_err(|e| format!("in `key`: {e}"))? {
-            Ok(text) => Ok(Some(text)),
+    fn key(&self, expr: &Expr) -> Result<Option<String>, String> {
+        let mut text = String::new();
+        match self
+            .write_text(expr, &mut text)
+            .map_err(|e| format!("in `key`: {e}"))?
+        {
+            Ok(()) => Ok(Some(text)),
             Err(got) if got == "null" => Ok(None),
             Err(got) => Err(format!(
                 "`key` must be a string, a number, a bool or null, got {got}"

@@ -20,9 +20,6 @@ pub(crate) struct Uses {
     pub new: bool,
     pub old: bool,
     pub tx: bool,
-    /// Whether anything runs through the CEL interpreter (as opposed to the
-    /// column fast path), so a context is needed.
-    pub cel: bool,
 }
 
 impl Uses {
@@ -31,7 +28,6 @@ impl Uses {
             new: self.new || other.new,
             old: self.old || other.old,
             tx: self.tx || other.tx,
-            cel: self.cel || other.cel,
         }
     }
 }
@@ -103,10 +99,7 @@ pub(crate) fn compile(env: &Env, source: &str) -> Result<Expr, String> {
 
     let mut walker = Walker::default();
     walker.walk(program.expression());
-    let mut uses = Uses {
-        cel: true,
-        ..Uses::default()
-    };
+    let mut uses = Uses::default();
     for name in walker.free {
         match name {
             "new" => uses.new = true,
@@ -125,10 +118,7 @@ pub(crate) fn compile(env: &Env, source: &str) -> Result<Expr, String> {
     let columns = walker.columns;
     let read = column_read(program.expression()).map(|(row, column)| (row, column.to_owned()));
     let eval = match read {
-        Some((row, column)) => {
-            uses.cel = false;
-            Eval::Column(Col::new(row, &column))
-        }
+        Some((row, column)) => Eval::Column(Col::new(row, &column)),
         None => match fast::compile(program.expression()) {
             Some(fast) => Eval::Fast { fast, program },
             None => Eval::Cel(program),
@@ -315,7 +305,6 @@ mod tests {
                 new: true,
                 old: true,
                 tx: true,
-                cel: true
             }
         );
         let e = compile(&env(), "[1, 2].map(x, x * 2).size() > 0 && op == 'insert'").expect("ok");

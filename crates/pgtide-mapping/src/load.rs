@@ -664,7 +664,6 @@ impl FileLoader<'_, '_> {
             payload,
             org,
             key,
-            uses: Uses::default(),
         };
         let mut uses = Uses::default();
         let mut columns: Vec<String> = mapping.changed.clone().unwrap_or_default();
@@ -674,7 +673,6 @@ impl FileLoader<'_, '_> {
         }
         columns.sort();
         columns.dedup();
-        mapping.uses = uses;
         mapping.info.needs_old = mapping.changed.is_some() || uses.old;
         mapping.info.columns = columns;
         self.loader.mappings.push(mapping);

@@ -125,7 +125,7 @@ impl MappingSet {
         self.engine.table(schema, table).is_some_and(|t| {
             t.mappings
                 .iter()
-                .any(|&i| self.engine.mappings[i].info.needs_old)
+                .any(|p| self.engine.mappings[p.index].info.needs_old)
         })
     }
 

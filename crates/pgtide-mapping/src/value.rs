@@ -19,6 +19,7 @@ use cel::common::value::{CowVal, StaticVal, Val};
 use serde_json::{Map, Number, Value as Json};
 use std::any::Any;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 /// A JSON value as a CEL value: numbers that fit `i64` are `int`, else those
 /// that fit `u64` are `uint`, else `double`; strings borrow from `value`.
@@ -142,47 +143,66 @@ pub(crate) fn double_to_json(d: f64) -> Json {
     }
 }
 
-/// A CEL scalar as text, for topic template holes and `key`: strings as
-/// they are, numbers in decimal, bools as `true`/`false`. Null, lists, maps
-/// and bytes have no obvious text and are refused: the error is the name of
-/// the value's type.
-pub(crate) fn cel_to_text(value: &dyn Val) -> Result<String, String> {
+/// Appends a CEL scalar as text to `out`, for topic template holes and
+/// `key`: strings as they are, numbers in decimal, bools as `true`/`false`.
+/// Null, lists, maps and bytes have no obvious text and are refused: the
+/// error is the name of the value's type. Appending rather than returning a
+/// string lets a topic be rendered in one buffer.
+pub(crate) fn write_cel_text(value: &dyn Val, out: &mut String) -> Result<(), String> {
+    // Writing to a String cannot fail.
     if let Some(s) = value.downcast_ref::<CelString>() {
-        return Ok(s.inner().to_owned());
+        out.push_str(s.inner());
+    } else if let Some(i) = value.downcast_ref::<CelInt>() {
+        _ = write!(out, "{}", i.inner());
+    } else if let Some(u) = value.downcast_ref::<CelUInt>() {
+        _ = write!(out, "{}", u.inner());
+    } else if let Some(d) = value.downcast_ref::<CelDouble>() {
+        _ = write!(out, "{}", d.inner());
+    } else if let Some(b) = value.downcast_ref::<CelBool>() {
+        _ = write!(out, "{}", b.inner());
+    } else {
+        return Err(type_name(value));
     }
-    if let Some(i) = value.downcast_ref::<CelInt>() {
-        return Ok(i.inner().to_string());
-    }
-    if let Some(u) = value.downcast_ref::<CelUInt>() {
-        return Ok(u.inner().to_string());
-    }
-    if let Some(d) = value.downcast_ref::<CelDouble>() {
-        return Ok(d.inner().to_string());
-    }
-    if let Some(b) = value.downcast_ref::<CelBool>() {
-        return Ok(b.inner().to_string());
-    }
-    Err(type_name(value))
+    Ok(())
 }
 
-/// A JSON scalar as text, the same way as [`cel_to_text`], for the fast
-/// path that reads a column without CEL.
-pub(crate) fn json_to_text(value: &Json) -> Result<String, String> {
+/// Appends a JSON scalar as text to `out`, the same way as
+/// [`write_cel_text`], for the fast path that reads a column without CEL.
+pub(crate) fn write_json_text(value: &Json, out: &mut String) -> Result<(), &'static str> {
+    // Writing to a String cannot fail.
     match value {
-        Json::String(s) => Ok(s.clone()),
-        Json::Bool(b) => Ok(b.to_string()),
-        Json::Number(n) => Ok(if let Some(i) = n.as_i64() {
-            i.to_string()
-        } else if let Some(u) = n.as_u64() {
-            u.to_string()
-        } else if let Some(f) = n.as_f64() {
-            f.to_string()
-        } else {
-            n.to_string()
-        }),
-        Json::Null => Err("null".to_owned()),
-        Json::Array(_) => Err("list".to_owned()),
-        Json::Object(_) => Err("map".to_owned()),
+        Json::String(s) => out.push_str(s),
+        Json::Bool(b) => _ = write!(out, "{b}"),
+        // A number in canonical integer form short enough for an `i64` is
+        // its own decimal text (the common case, an integer column).
+        Json::Number(n) if is_plain_int(n.as_str()) => out.push_str(n.as_str()),
+        Json::Number(n) => {
+            _ = if let Some(i) = n.as_i64() {
+                write!(out, "{i}")
+            } else if let Some(u) = n.as_u64() {
+                write!(out, "{u}")
+            } else if let Some(f) = n.as_f64() {
+                write!(out, "{f}")
+            } else {
+                write!(out, "{n}")
+            }
+        }
+        Json::Null => return Err("null"),
+        Json::Array(_) => return Err("list"),
+        Json::Object(_) => return Err("map"),
+    }
+    Ok(())
+}
+
+/// Whether `text` is an integer as Rust prints an `i64`: an optional `-`,
+/// then digits without a leading zero, at most 18 of them (so it fits).
+fn is_plain_int(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text).as_bytes();
+    match digits {
+        [] => false,
+        [b'0'] => text.len() == 1,
+        [b'0', ..] => false,
+        _ => digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit),
     }
 }
 
@@ -299,10 +319,34 @@ mod tests {
 
     #[test]
     fn text() {
-        assert_eq!(cel_to_text(&CelInt::from(7)), Ok("7".into()));
-        assert_eq!(cel_to_text(&CelDouble::from(2.0)), Ok("2".into()));
-        assert_eq!(cel_to_text(&CelNull), Err("null".into()));
-        assert_eq!(json_to_text(&json!(7)), Ok("7".into()));
-        assert_eq!(json_to_text(&json!(null)), Err("null".into()));
+        fn cel(v: &dyn Val) -> Result<String, String> {
+            let mut out = "x.".to_owned();
+            write_cel_text(v, &mut out).map(|()| out)
+        }
+        fn json(v: &Json) -> Result<String, &'static str> {
+            let mut out = "x.".to_owned();
+            write_json_text(v, &mut out).map(|()| out)
+        }
+        assert_eq!(cel(&CelInt::from(7)), Ok("x.7".into()));
+        assert_eq!(cel(&CelDouble::from(2.0)), Ok("x.2".into()));
+        assert_eq!(cel(&CelNull), Err("null".into()));
+        assert_eq!(json(&json!(7)), Ok("x.7".into()));
+        assert_eq!(json(&json!("1.50")), Ok("x.1.50".into()));
+        assert_eq!(
+            json(&"2.50".parse::<Json>().expect("number")),
+            Ok("x.2.5".into())
+        );
+        assert_eq!(json(&json!(null)), Err("null"));
+        for (text, printed) in [
+            ("-0", "x.0"),
+            ("-12", "x.-12"),
+            ("0", "x.0"),
+            ("1e3", "x.1000"),
+            ("123456789012345678", "x.123456789012345678"),
+            ("9223372036854775807", "x.9223372036854775807"),
+        ] {
+            let n = Json::Number(text.parse().expect("number"));
+            assert_eq!(json(&n), Ok(printed.into()), "{text}");
+        }
     }
 }

@@ -396,3 +396,90 @@ async fn socket_io_client_works_unchanged() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// Two nodes on one database: the second stands by for the slot yet serves
+/// clients, and hears the first one's commits through the store's commit
+/// notices; when the first dies, the second takes the slot over.
+#[tokio::test]
+async fn second_node_serves_and_takes_over_the_slot() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    db.client()
+        .await?
+        .batch_execute("CREATE TABLE items (id serial PRIMARY KEY, name text)")
+        .await?;
+    let mut args = db.run_args();
+    args.extend(["--capture".into(), "items".into()]);
+    let first = Pgtide::start(&args).await?;
+    let mut second = Pgtide::spawn(&args).await?;
+    // Ready although it does not stream: it stands by.
+    second.wait_ready().await?;
+    let readyz: Value = second
+        .http()
+        .get(second.url("/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(readyz["replication"]["standby"], true, "{readyz}");
+
+    // The store tells every node about a commit: LISTEN sees the new seq.
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let (client, mut connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    client.batch_execute("LISTEN pgtide_events").await?;
+
+    let mut ws = connect(&second).await?;
+    let r = request(&mut ws, json!({"type": "subscribe", "topic": "**"})).await?;
+    assert_eq!(r["status"], "success");
+    let seq = publish(&first, "nodes.hello", json!({"from": "first"})).await?;
+    let (channel, payload) = tokio::time::timeout(WAIT, notices.recv())
+        .await?
+        .context("listener ended")?;
+    assert_eq!(
+        (channel.as_str(), payload.parse::<i64>()?),
+        ("pgtide_events", seq)
+    );
+    let e = next(&mut ws).await?;
+    assert_eq!(
+        (e["topic"].as_str(), e["seq"].as_i64()),
+        (Some("nodes.hello"), Some(seq))
+    );
+
+    // A row change streamed by the first node reaches the second node's client.
+    db.client()
+        .await?
+        .batch_execute("INSERT INTO items (name) VALUES ('a')")
+        .await?;
+    let e = next(&mut ws).await?;
+    assert_eq!(e["topic"], "tables.items.insert");
+    assert_eq!(e["data"]["name"], "a");
+
+    // The first node dies; the second takes the slot and streams on.
+    first.kill9().await;
+    db.client()
+        .await?
+        .batch_execute("INSERT INTO items (name) VALUES ('b')")
+        .await?;
+    let e = next(&mut ws).await?;
+    assert_eq!(e["topic"], "tables.items.insert");
+    assert_eq!(e["data"]["name"], "b");
+    let readyz: Value = second
+        .http()
+        .get(second.url("/readyz"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(readyz["replication"]["streaming"], true, "{readyz}");
+    second.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

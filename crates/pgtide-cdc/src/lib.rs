@@ -47,6 +47,16 @@ impl CdcError {
             CdcError::Decode(_) | CdcError::Setup(_) => false,
         }
     }
+
+    /// Whether another node holds the slot: this one stands by and takes over
+    /// when that node goes away.
+    pub fn is_slot_in_use(&self) -> bool {
+        matches!(
+            self,
+            CdcError::Replication(pgtide_pg::replication::ReplicationError::Server { code, .. })
+                if code == "55006"
+        )
+    }
 }
 
 pub type Result<T, E = CdcError> = std::result::Result<T, E>;

@@ -56,11 +56,17 @@ pub struct CdcConfig {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct CdcStatus {
     pub streaming: bool,
+    /// Another node streams the slot; this one serves clients and waits to
+    /// take over.
+    pub standby: bool,
     pub confirmed_lsn: Option<String>,
     pub events_stored: u64,
     pub last_error: Option<String>,
     pub slot: Option<SlotStatus>,
 }
+
+/// How often a standby node tries to take the slot over.
+const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
 /// Streams until `shutdown`, reconnecting after failures that may pass (a
 /// Postgres restart, a cut connection, a store outage). Returns an error only
@@ -76,10 +82,25 @@ pub async fn run(
         let started = std::time::Instant::now();
         match run_once(&config, &store, &status, &shutdown).await {
             Ok(()) => return Ok(()),
+            Err(e) if e.is_slot_in_use() => {
+                if !status.borrow().standby {
+                    tracing::info!(slot = %config.slot, "another pgtide node streams the slot; standing by to take over");
+                }
+                status.send_modify(|s| {
+                    s.streaming = false;
+                    s.standby = true;
+                    s.last_error = None;
+                });
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(STANDBY_RETRY) => {}
+                }
+            }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "replication interrupted; resuming");
                 status.send_modify(|s| {
                     s.streaming = false;
+                    s.standby = false;
                     s.last_error = Some(e.to_string());
                 });
                 if started.elapsed() > Duration::from_secs(30) {
@@ -166,6 +187,7 @@ async fn run_once(
     tracing::info!(slot = %config.slot, resume_after = ?stored.as_ref().map(|p| p.commit_lsn.to_string()), "replication streaming");
     status.send_modify(|s| {
         s.streaming = true;
+        s.standby = false;
         s.last_error = None;
     });
 

@@ -4,36 +4,47 @@
 use std::fmt::Write;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = Object)))]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the slot streams (or another node streams it) and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready, with replication lag and mapping state", body = Object),
+        (status = 503, description = "Not ready, with the reason", body = Object),
+    ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let cdc = state.cdc.borrow().clone();
     let mappings = state.mappings.borrow().clone();
     let store = state.store.ping().await;
-    let ready = cdc.streaming && store.is_ok();
+    // A standby node serves clients while another node streams the slot.
+    let ready = (cdc.streaming || cdc.standby) && store.is_ok();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
         "replication": {
             "streaming": cdc.streaming,
+            "standby": cdc.standby,
             "confirmed_lsn": cdc.confirmed_lsn,
             "events_stored": cdc.events_stored,
             "last_error": cdc.last_error,
@@ -55,6 +66,9 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     (status, Json(body))
 }
 
+/// Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let cdc = state.cdc.borrow().clone();
     let committed = *state.store.committed_seq().borrow();

@@ -379,8 +379,9 @@ impl Hub {
     }
 
     /// Follows the store from its current end, dispatching every new event in
-    /// `seq` order: woken by this node's commits, and polling every 200 ms for
-    /// other nodes'.
+    /// `seq` order: woken by every commit this node hears of (its own, and other
+    /// nodes' through the store's commit notices), polling once a second in
+    /// case a notice is lost.
     pub async fn run_tailer(self, store: Store, shutdown: CancellationToken) {
         let mut committed = store.committed_seq();
         let mut last = loop {
@@ -396,7 +397,7 @@ impl Hub {
             }
         };
         self.delivered.store(last, Ordering::Relaxed);
-        let mut poll = tokio::time::interval(Duration::from_millis(200));
+        let mut poll = tokio::time::interval(Duration::from_secs(1));
         loop {
             loop {
                 let query = EventQuery {

@@ -14,6 +14,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../sql/003_consumers.sql"),
     ),
     (4, "webhooks", include_str!("../../../sql/004_webhooks.sql")),
+    (
+        5,
+        "commit_notify",
+        include_str!("../../../sql/005_commit_notify.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 /// Where an event entered pgtide.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EventSource {
     Cdc,
@@ -99,7 +99,7 @@ impl NewEvent {
 }
 
 /// A stored event: the envelope every transport sends.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: String,
     pub seq: i64,
@@ -109,10 +109,12 @@ pub struct Event {
     /// UTC with exactly three fractional digits, e.g. `2026-03-04T12:00:00.123Z`.
     pub ts: String,
     pub source: EventSource,
+    #[schema(value_type = Object)]
     pub data: Value,
     pub org_id: Option<i64>,
     pub correlation_id: Option<String>,
     pub attributes: BTreeMap<String, String>,
+    #[schema(value_type = Object)]
     pub meta: Map<String, Value>,
 }
 

@@ -3,11 +3,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
 use bytes::Bytes;
 use pgtide_core::{Event, EventSource, NewEvent, Pattern, Topic};
 use pgtide_store::EventQuery;
@@ -15,23 +13,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, forbidden};
 use crate::{ApiError, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/events", get(query_events).post(publish_event))
-        .route("/v1/events/replay", axum::routing::post(replay_events))
-        .route("/v1/events/stats", get(stats))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(query_events, publish_event))
+        .routes(routes!(replay_events))
+        .routes(routes!(stats))
 }
 
 /// The body of `POST /v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub event_type: String,
     #[serde(default)]
+    #[schema(value_type = Object)]
     pub data: Value,
     pub topic: Option<String>,
     pub correlation_id: Option<String>,
@@ -42,7 +44,7 @@ pub struct PublishRequest {
     pub org_id: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PublishResponse {
     pub event_id: String,
     pub event_type: String,
@@ -79,6 +81,13 @@ fn check_event_type(event_type: &str) -> Result<(), ApiError> {
     })
 }
 
+/// Publishes one event; its `org_id` is the token's (an admin may set it).
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body = PublishRequest,
+    responses(
+        (status = 200, description = "Stored", body = PublishResponse),
+        (status = 422, description = "`data` does not match the topic's active schema", body = crate::openapi::ErrorBody),
+    ))]
 async fn publish_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -137,18 +146,26 @@ async fn publish_event(
 }
 
 /// The query string of `GET /v1/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
+    /// Comma-separated event types.
     pub event_types: Option<String>,
+    /// Comma-separated topic patterns (`*`, `**`).
     pub topics: Option<String>,
+    /// RFC 3339, inclusive.
     pub start_time: Option<String>,
+    /// RFC 3339, exclusive.
     pub end_time: Option<String>,
+    /// Only events with a greater `seq`.
     pub after_seq: Option<i64>,
+    /// 1 to 1000, default 100.
     pub limit: Option<i64>,
 }
 
-#[derive(Debug, Serialize)]
+/// A page of events in ascending `seq`; `next_after_seq` is set when more may follow.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventsPage {
     pub events: Vec<Event>,
     pub next_after_seq: Option<i64>,
@@ -234,6 +251,9 @@ async fn page(
     }))
 }
 
+/// Stored events the caller may see, filtered, in ascending `seq`.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsParams),
+    responses((status = 200, description = "One page", body = EventsPage)))]
 async fn query_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -244,7 +264,7 @@ async fn query_events(
 }
 
 /// The body of `POST /v1/events/replay`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     pub from_event_id: Option<String>,
@@ -258,6 +278,12 @@ pub struct ReplayRequest {
 
 /// Events after `from_seq`, or after the event `from_event_id` (exclusive,
 /// like `after_seq`), in the `{"events","next_after_seq"}` shape.
+#[utoipa::path(post, path = "/v1/events/replay", tag = "events",
+    request_body = ReplayRequest,
+    responses(
+        (status = 200, description = "One page", body = EventsPage),
+        (status = 404, description = "No stored event with `from_event_id`", body = crate::openapi::ErrorBody),
+    ))]
 async fn replay_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -299,6 +325,9 @@ async fn replay_events(
     page(&state, &caller, &params).await
 }
 
+/// Counts by type and source, the stored range, WebSocket figures.
+#[utoipa::path(get, path = "/v1/events/stats", tag = "events",
+    responses((status = 200, description = "Statistics", body = Object)))]
 async fn stats(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     use std::sync::atomic::Ordering;
     let mut stats = state.store.stats(caller.org_scope()).await?;

@@ -66,6 +66,12 @@ impl Consumers {
     }
 }
 
+/// Durable consumers with acknowledgements (SPEC §7).
+#[utoipa::path(get, path = "/ws/exactly-once", tag = "realtime",
+    params(("token" = Option<String>, Query, description = "JWT, when no Authorization header can be sent")),
+    responses(
+        (status = 101, description = "WebSocket: subscribe with a durable `consumer`, then ack/nack each event"),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -3,17 +3,17 @@
 //! which answers [`MappingCommand`]s sent over a channel.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::Path;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use bytes::Bytes;
 use pgtide_mapping::{LoadError, MappingInfo};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::events::json_body;
@@ -107,12 +107,15 @@ impl MappingsView {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/mappings", get(list_mappings).post(create_mapping))
-        .route("/v1/mappings/{name}", delete(delete_mapping))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_mappings, create_mapping))
+        .routes(routes!(delete_mapping))
 }
 
+/// The running mappings (file-defined ones read-only) and the last reload's errors.
+#[utoipa::path(get, path = "/v1/mappings", tag = "registry",
+    responses((status = 200, description = "`{\"mappings\", \"errors\", \"loaded_at\"}`", body = Object)))]
 async fn list_mappings(State(state): State<AppState>, _caller: Caller) -> Json<Value> {
     let view = state.mappings.borrow().clone();
     let mappings: Vec<Value> = view
@@ -157,6 +160,15 @@ async fn send_command<T>(
     Ok(answer.await.map_err(|_| unavailable())??)
 }
 
+/// Adds a mapping, in the fields of a mapping file (operator); applied with
+/// the running set, all or nothing.
+#[utoipa::path(post, path = "/v1/mappings", tag = "registry",
+    request_body(content = Object, description = "One mapping: `name`, `table`, `topic`, ... as in a mapping file"),
+    responses(
+        (status = 201, description = "The mapping as loaded", body = Object),
+        (status = 409, description = "Name taken", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Invalid mapping", body = crate::openapi::ErrorBody),
+    ))]
 async fn create_mapping(
     State(state): State<AppState>,
     caller: Caller,
@@ -182,6 +194,14 @@ async fn create_mapping(
     Ok((StatusCode::CREATED, Json(v)))
 }
 
+/// Removes an API-defined mapping (operator).
+#[utoipa::path(delete, path = "/v1/mappings/{name}", tag = "registry",
+    params(("name" = String, Path, description = "Mapping name")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such mapping", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Defined in a file (read-only)", body = crate::openapi::ErrorBody),
+    ))]
 async fn delete_mapping(
     State(state): State<AppState>,
     caller: Caller,

@@ -28,7 +28,13 @@ pub struct TokenQuery {
     pub(crate) token: Option<String>,
 }
 
-/// Authenticates before upgrading, so a bad token is a plain 401.
+/// The `/ws` protocol (SPEC §7). Authenticates before upgrading, so a bad
+/// token is a plain 401.
+#[utoipa::path(get, path = "/ws", tag = "realtime",
+    params(("token" = Option<String>, Query, description = "JWT, when no Authorization header can be sent")),
+    responses(
+        (status = 101, description = "WebSocket: one JSON object per text frame (subscribe, unsubscribe, ping, publish, transactions)"),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -12,4 +12,5 @@ mod http;
 mod mappings;
 mod registry;
 mod tls;
+mod webhooks;
 mod ws;

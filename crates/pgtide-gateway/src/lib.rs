@@ -10,6 +10,7 @@
 //! - [`exactly_once`]: `/ws/exactly-once`, durable consumers with acks.
 //! - [`auth`]: who is calling.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
+//! - [`webhooks`]: `/v1/webhooks`, their deliveries and test sends.
 //!
 //! [`serve`] takes a bound listener so tests can bind port 0.
 
@@ -23,6 +24,7 @@ pub mod mappings;
 pub mod registry;
 pub mod session;
 pub mod socketio;
+pub mod webhooks;
 pub mod ws;
 
 use axum::Router;
@@ -49,6 +51,7 @@ pub struct AppState {
     pub hub: hub::Hub,
     pub auth: auth::Auth,
     pub exactly_once: exactly_once::Consumers,
+    pub webhooks: pgtide_webhooks::Dispatcher,
 }
 
 /// The whole router.
@@ -58,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .merge(registry::routes())
         .merge(mappings::routes())
+        .merge(webhooks::routes())
         .route("/ws", axum::routing::get(ws::upgrade))
         .route(
             "/ws/exactly-once",

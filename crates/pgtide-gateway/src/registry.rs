@@ -208,7 +208,8 @@ async fn list_dead_letters(
 
 /// Retries a dead letter. A validation failure is validated again against
 /// the topic's current schema and, if it now passes, stored as an event (with
-/// its original id) and removed from the dead letters.
+/// its original id) and removed from the dead letters. A webhook dead letter
+/// goes back into its endpoint's delivery queue.
 async fn retry_dead_letter(
     State(state): State<AppState>,
     caller: Caller,
@@ -259,13 +260,11 @@ async fn retry_dead_letter(
             state.store.delete_dead_letter(id).await?;
             Ok(Json(json!({"retried": id, "events": events})))
         }
-        other => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_retryable",
-            format!(
-                "dead letters of kind {:?} cannot be retried yet",
-                other.as_str()
-            ),
-        )),
+        DeadLetterKind::Webhook => {
+            // Back in its endpoint's queue, due now, with fresh retries.
+            let webhook_id = state.store.requeue_webhook_dead_letter(id).await?;
+            state.webhooks.endpoints_changed();
+            Ok(Json(json!({"retried": id, "webhook_id": webhook_id})))
+        }
     }
 }

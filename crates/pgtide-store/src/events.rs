@@ -31,7 +31,7 @@ pub struct StoredBatch {
     pub last_seq: i64,
 }
 
-const COLUMNS: &str =
+pub(crate) const COLUMNS: &str =
     "seq, id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta";
 
 /// Takes `n` numbers from the counter. The row lock it takes is held until the
@@ -368,7 +368,7 @@ impl EventQuery {
     }
 }
 
-fn event_from_row(row: &Row) -> Result<Event> {
+pub(crate) fn event_from_row(row: &Row) -> Result<Event> {
     let id: uuid::Uuid = row.get("id");
     let source: String = row.get("source");
     let source: EventSource =

@@ -6,6 +6,7 @@
 //!   in the same transactions as the events so replays store nothing twice.
 //! - [`registry`]: topics, versioned JSON Schemas, compatibility, validators.
 //! - [`dead_letters`]: what could not become an event, with the reason.
+//! - [`webhooks`]: endpoints, the durable delivery queue and its fan-out cursors, attempts.
 //!
 //! Every write that assigns `seq` takes the `seq_counter` row lock until it
 //! commits, so commits happen in `seq` order and `seq > N` readers miss nothing.
@@ -17,6 +18,7 @@ pub mod mappings;
 pub mod migrate;
 pub mod progress;
 pub mod registry;
+pub mod webhooks;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use pgtide_pg::PgConfig;

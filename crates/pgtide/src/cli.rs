@@ -108,6 +108,23 @@ pub struct ServeArgs {
     /// Interval of the heartbeat that keeps an idle slot moving.
     #[arg(long, env = "PGTIDE_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat: Duration,
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct WebhookArgs {
+    /// Delay before a failed webhook delivery's first retry; each later one
+    /// doubles (2s: 2, 4, 8, 16, 32 … s, capped at 300 s).
+    #[arg(long, env = "PGTIDE_WEBHOOK_BACKOFF_BASE", default_value = "2s", value_parser = parse_duration)]
+    pub webhook_backoff_base: Duration,
+    /// Deliver webhooks to private, loopback and link-local addresses too
+    /// (refused by default; on in `pgtide dev`).
+    #[arg(long, env = "PGTIDE_WEBHOOK_ALLOW_PRIVATE")]
+    pub webhook_allow_private: bool,
+    /// Most webhook requests in flight on this node, over all endpoints.
+    #[arg(long, env = "PGTIDE_WEBHOOK_WORKERS", default_value_t = 256)]
+    pub webhook_workers: usize,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use pgtide_auth::{Role, TokenRequest, Verifier, mint_hs256};
 use pgtide_gateway::auth::Auth;
 
-use crate::cli::{DevArgs, ServeArgs, SlotArgs};
+use crate::cli::{DevArgs, ServeArgs, SlotArgs, WebhookArgs};
 use crate::server;
 
 const DEMO_SQL: &str = include_str!("../../../sql/demo.sql");
@@ -53,6 +53,12 @@ async fn serve(
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),
+        webhooks: WebhookArgs {
+            webhook_backoff_base: std::time::Duration::from_secs(2),
+            // Local receivers are the point of dev.
+            webhook_allow_private: true,
+            webhook_workers: 256,
+        },
     };
     let slot = SlotArgs {
         slot: "pgtide".into(),

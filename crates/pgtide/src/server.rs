@@ -194,6 +194,16 @@ pub async fn start(
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let hub = Hub::default();
     tokio::spawn(hub.clone().run_tailer(store.clone(), shutdown.clone()));
+    let webhooks = pgtide_webhooks::Dispatcher::new(
+        store.clone(),
+        pgtide_webhooks::Config {
+            backoff_base: serve.webhooks.webhook_backoff_base,
+            allow_private: serve.webhooks.webhook_allow_private,
+            workers: serve.webhooks.webhook_workers,
+            ..Default::default()
+        },
+    )?;
+    tokio::spawn(webhooks.clone().run(shutdown.clone()));
     let state = AppState {
         store,
         cdc: status_rx,
@@ -202,6 +212,7 @@ pub async fn start(
         hub,
         auth,
         exactly_once: Default::default(),
+        webhooks,
     };
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;

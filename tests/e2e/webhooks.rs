@@ -1,0 +1,762 @@
+//! Webhooks end to end: a real HTTP receiver on 127.0.0.1 that checks the
+//! signatures with its own HMAC code (and with the Standard Webhooks reference
+//! library), retries on the backoff schedule, dead letters and their retry,
+//! rate limits, ordering, batching, the private-address guard, and `kill -9`
+//! of pgtide in the middle of deliveries.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::harness::{Pgtide, Server, TestDb, WAIT};
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    headers: BTreeMap<String, String>,
+    body: String,
+    /// The status the receiver answered with.
+    status: u16,
+}
+
+impl Received {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+/// How the receiver answers.
+#[derive(Default)]
+struct Behaviour {
+    /// Answer 500 to this many requests first.
+    fail_first: AtomicUsize,
+    /// Answer 500 to everything while set.
+    fail_all: AtomicBool,
+    /// Count `fail_first` only against events whose `data.n` is this.
+    fail_n: Mutex<Option<i64>>,
+}
+
+/// A webhook receiver on 127.0.0.1:0.
+struct Receiver {
+    url: String,
+    behaviour: Arc<Behaviour>,
+    rx: mpsc::UnboundedReceiver<Received>,
+    got: Vec<Received>,
+}
+
+impl Receiver {
+    async fn start() -> anyhow::Result<Receiver> {
+        let behaviour = Arc::new(Behaviour::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let b = behaviour.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let b = b.clone();
+                let tx = tx.clone();
+                async move {
+                    let body = String::from_utf8_lossy(&body).into_owned();
+                    let n = serde_json::from_str::<Value>(&body)
+                        .ok()
+                        .and_then(|v| v["data"]["n"].as_i64());
+                    let targeted = match *b.fail_n.lock().await {
+                        Some(want) => n == Some(want),
+                        None => true,
+                    };
+                    let fail = b.fail_all.load(Ordering::SeqCst)
+                        || (targeted
+                            && b.fail_first
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                                    n.checked_sub(1)
+                                })
+                                .is_ok());
+                    let status = if fail {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    };
+                    let _ = tx.send(Received {
+                        at: Instant::now(),
+                        headers: headers
+                            .iter()
+                            .map(|(k, v)| {
+                                (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())
+                            })
+                            .collect(),
+                        body,
+                        status: status.as_u16(),
+                    });
+                    (status, if fail { "nope" } else { "ok" })
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Receiver {
+            url,
+            behaviour,
+            rx,
+            got: Vec::new(),
+        })
+    }
+
+    /// The next request, within [`WAIT`].
+    async fn next(&mut self) -> anyhow::Result<Received> {
+        let r = tokio::time::timeout(WAIT, self.rx.recv())
+            .await
+            .context("no webhook request in time")?
+            .context("receiver stopped")?;
+        self.got.push(r.clone());
+        Ok(r)
+    }
+
+    /// Waits until `pred` holds over everything received so far.
+    async fn until(&mut self, pred: impl Fn(&[Received]) -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + WAIT;
+        while !pred(&self.got) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(r)) => self.got.push(r),
+                Ok(None) => bail!("receiver stopped"),
+                Err(_) => bail!(
+                    "condition not met in {WAIT:?}; got {} requests",
+                    self.got.len()
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing more arrives within `d`.
+    async fn quiet_for(&mut self, d: Duration) -> anyhow::Result<()> {
+        if let Ok(Some(r)) = tokio::time::timeout(d, self.rx.recv()).await {
+            bail!("unexpected webhook request: {}", r.body);
+        }
+        Ok(())
+    }
+}
+
+/// The receiver's own check of `X-Pgtide-Signature` (as the seed's Node
+/// example does it): HMAC-SHA256 keyed with the secret's UTF-8 bytes over
+/// `"<t>.<body>"`, hex, and a timestamp within 5 minutes.
+fn verify_pgtide_signature(r: &Received, secret: &str) -> anyhow::Result<()> {
+    let header = r.header("x-pgtide-signature");
+    let parts: BTreeMap<&str, &str> = header
+        .split(',')
+        .filter_map(|p| p.split_once('='))
+        .collect();
+    let t = parts.get("t").context("no t=")?;
+    let v1 = parts.get("v1").context("no v1=")?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())?;
+    mac.update(format!("{t}.{}", r.body).as_bytes());
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    anyhow::ensure!(*v1 == expected, "bad signature {header}");
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs() as i64
+        - t.parse::<i64>()?;
+    anyhow::ensure!(age.abs() <= 300, "timestamp {t} is {age}s old");
+    Ok(())
+}
+
+fn args(db: &TestDb, extra: &[&str]) -> Vec<String> {
+    let mut a = db.run_args();
+    a.extend(extra.iter().map(|s| (*s).to_owned()));
+    a
+}
+
+/// pgtide allowed to deliver to 127.0.0.1, with a fast retry schedule.
+fn local_args(db: &TestDb) -> Vec<String> {
+    args(
+        db,
+        &["--webhook-allow-private", "--webhook-backoff-base", "200ms"],
+    )
+}
+
+async fn create(pgtide: &Pgtide, body: Value) -> anyhow::Result<(u16, Value)> {
+    let r = pgtide
+        .http()
+        .post(pgtide.url("/v1/webhooks"))
+        .json(&body)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.json().await?))
+}
+
+async fn create_ok(pgtide: &Pgtide, body: Value) -> anyhow::Result<Value> {
+    let (status, v) = create(pgtide, body).await?;
+    anyhow::ensure!(status == 201, "create webhook -> {status}: {v}");
+    Ok(v)
+}
+
+async fn publish(pgtide: &Pgtide, topic: &str, n: i64) -> anyhow::Result<Value> {
+    let r = pgtide
+        .http()
+        .post(pgtide.url("/v1/events"))
+        .json(&json!({"event_type": "order.created", "topic": topic, "data": {"n": n}}))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "publish -> {}", r.status());
+    Ok(r.json().await?)
+}
+
+async fn get_json(pgtide: &Pgtide, path: &str) -> anyhow::Result<(u16, Value)> {
+    let r = pgtide.http().get(pgtide.url(path)).send().await?;
+    Ok((r.status().as_u16(), r.json().await?))
+}
+
+async fn attempts(pgtide: &Pgtide, id: &str) -> anyhow::Result<Vec<Value>> {
+    let (status, v) = get_json(pgtide, &format!("/v1/webhooks/{id}/deliveries")).await?;
+    anyhow::ensure!(status == 200, "deliveries -> {status}: {v}");
+    Ok(v["deliveries"].as_array().cloned().unwrap_or_default())
+}
+
+/// Waits until the endpoint's attempt list satisfies `pred`.
+async fn wait_attempts(
+    pgtide: &Pgtide,
+    id: &str,
+    pred: impl Fn(&[Value]) -> bool,
+) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = attempts(pgtide, id).await?;
+        if pred(&list) {
+            return Ok(list);
+        }
+        if Instant::now() > deadline {
+            bail!("attempts never matched: {list:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Create, list, get, patch, delete; a matching event arrives signed with
+/// every `X-Pgtide-*` header and the endpoint's own header, a non-matching
+/// one does not; the attempt is recorded; the secret is only in the create
+/// response; a test send works.
+#[tokio::test]
+async fn webhook_delivers_signed_events_and_records_attempts() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    let secret = "whsec_your_signing_secret";
+    let created = create_ok(
+        &pgtide,
+        json!({"url": rx.url, "secret": secret, "topics": ["orders/**"],
+               "event_types": ["order.created"], "headers": {"X-Custom-Header": "my-value"},
+               "max_retries": 5, "timeout_seconds": 15}),
+    )
+    .await?;
+    let id = created["id"].as_str().context("id")?.to_owned();
+    assert_eq!(created["secret"], secret);
+    assert_eq!(created["topics"], json!(["orders.**"]));
+    assert_eq!(created["signature_scheme"], "pgtide");
+    assert_eq!(created["ordered"], false);
+
+    let (_, list) = get_json(&pgtide, "/v1/webhooks").await?;
+    let listed = &list["webhooks"][0];
+    assert_eq!(listed["id"], id.as_str());
+    assert!(listed.get("secret").is_none(), "secret listed: {listed}");
+    let (_, got) = get_json(&pgtide, &format!("/v1/webhooks/{id}")).await?;
+    assert!(got.get("secret").is_none(), "secret returned: {got}");
+    assert_eq!(got["url"], rx.url.as_str());
+
+    publish(&pgtide, "other.created", 0).await?;
+    let published = publish(&pgtide, "orders.eu.created", 1).await?;
+    let r = rx.next().await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.header("x-pgtide-event-type"), "order.created");
+    assert_eq!(r.header("x-pgtide-event-id"), published["event_id"]);
+    assert_eq!(r.header("x-custom-header"), "my-value");
+    assert_eq!(r.header("x-pgtide-delivery-id").len(), 26);
+    verify_pgtide_signature(&r, secret)?;
+    let envelope = r.json();
+    assert_eq!(envelope["id"], published["event_id"]);
+    assert_eq!(envelope["seq"], published["seq"]);
+    assert_eq!(envelope["topic"], "orders.eu.created");
+    assert_eq!(envelope["data"], json!({"n": 1}));
+    rx.quiet_for(Duration::from_millis(500)).await?;
+
+    let list = wait_attempts(&pgtide, &id, |a| !a.is_empty()).await?;
+    let a = &list[0];
+    assert_eq!(a["id"], r.header("x-pgtide-delivery-id"));
+    assert_eq!(a["event_id"], published["event_id"]);
+    assert_eq!(a["attempt"], 1);
+    assert_eq!(a["status"], "delivered");
+    assert_eq!(a["status_code"], 200);
+    assert_eq!(a["response"], "ok");
+    assert!(a["latency_ms"].is_u64());
+    assert!(a["created_at"].is_string());
+    assert!(a["next_attempt_at"].is_null());
+
+    // A test send goes out now, signed, and is answered.
+    let t: Value = pgtide
+        .http()
+        .post(pgtide.url(&format!("/v1/webhooks/{id}/test")))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(t["delivered"], true, "{t}");
+    assert_eq!(t["status_code"], 200);
+    let r = rx.next().await?;
+    assert_eq!(r.header("x-pgtide-event-type"), "system.webhook_test");
+    verify_pgtide_signature(&r, secret)?;
+
+    // Patch: now only other.* topics; a bad pattern is refused.
+    let r = pgtide
+        .http()
+        .patch(pgtide.url(&format!("/v1/webhooks/{id}")))
+        .json(&json!({"topics": ["a..b"]}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    let patched: Value = pgtide
+        .http()
+        .patch(pgtide.url(&format!("/v1/webhooks/{id}")))
+        .json(&json!({"topics": ["other.*"], "event_types": null}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(patched["topics"], json!(["other.*"]));
+    assert!(patched["event_types"].is_null());
+    assert!(patched.get("secret").is_none());
+    let published = publish(&pgtide, "other.created", 2).await?;
+    let r = rx.next().await?;
+    assert_eq!(r.header("x-pgtide-event-id"), published["event_id"]);
+
+    // Bad input is explained.
+    for bad in [
+        json!({"url": "ftp://x/"}),
+        json!({"url": rx.url, "signature_scheme": "nope"}),
+        json!({"url": rx.url, "signature_scheme": "standard-webhooks", "secret": "plain"}),
+        json!({"url": rx.url, "rate_limit": {"requests_per_period": 0, "period_seconds": 1}}),
+        json!({"url": rx.url, "headers": {"X-Pgtide-Signature": "forged"}}),
+        json!({"url": rx.url, "surprise": 1}),
+    ] {
+        let (status, body) = create(&pgtide, bad.clone()).await?;
+        assert_eq!(status, 400, "{bad} -> {body}");
+        assert!(body["error"]["message"].is_string());
+        assert!(body["error"]["details"].is_array());
+    }
+
+    let r = pgtide
+        .http()
+        .delete(pgtide.url(&format!("/v1/webhooks/{id}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 204);
+    let (status, body) = get_json(&pgtide, &format!("/v1/webhooks/{id}")).await?;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// A receiver that fails three times then succeeds: four attempts of the
+/// same event, each with a new delivery id, spaced by the schedule (with a
+/// 200 ms base: 0.2, 0.4, 0.8 s, ±10 %), all recorded.
+#[tokio::test]
+async fn failing_receiver_is_retried_on_the_backoff_schedule() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    rx.behaviour.fail_first.store(3, Ordering::SeqCst);
+    let created = create_ok(&pgtide, json!({"url": rx.url, "secret": "s3cret"})).await?;
+    let id = created["id"].as_str().context("id")?.to_owned();
+    let published = publish(&pgtide, "orders.created", 1).await?;
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(rx.next().await?);
+    }
+    assert_eq!(
+        got.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [500, 500, 500, 200]
+    );
+    let delivery_ids: BTreeSet<&str> = got
+        .iter()
+        .map(|r| r.header("x-pgtide-delivery-id"))
+        .collect();
+    assert_eq!(delivery_ids.len(), 4, "one delivery id per attempt");
+    for r in &got {
+        assert_eq!(r.header("x-pgtide-event-id"), published["event_id"]);
+        verify_pgtide_signature(r, "s3cret")?;
+    }
+    for (i, expected) in [0.2, 0.4, 0.8].iter().enumerate() {
+        let gap = got[i + 1].at.duration_since(got[i].at).as_secs_f64();
+        assert!(
+            gap >= expected * 0.85 && gap <= expected * 1.1 + 0.7,
+            "retry {} came after {gap:.3}s, expected about {expected}s",
+            i + 1
+        );
+    }
+    rx.quiet_for(Duration::from_millis(500)).await?;
+    let list = wait_attempts(&pgtide, &id, |a| a.len() == 4).await?;
+    // Newest first.
+    let statuses: Vec<&str> = list.iter().filter_map(|a| a["status"].as_str()).collect();
+    assert_eq!(statuses, ["delivered", "failed", "failed", "failed"]);
+    let numbers: Vec<i64> = list.iter().filter_map(|a| a["attempt"].as_i64()).collect();
+    assert_eq!(numbers, [4, 3, 2, 1]);
+    for a in &list[1..] {
+        assert_eq!(a["status_code"], 500);
+        assert_eq!(a["response"], "nope");
+        assert!(a["next_attempt_at"].is_string(), "{a}");
+    }
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// After `max_retries` retries the delivery is a `webhook` dead letter;
+/// retrying it from the dead-letter store delivers the same event again.
+#[tokio::test]
+async fn exhausted_deliveries_are_dead_lettered_and_can_be_retried() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    rx.behaviour.fail_all.store(true, Ordering::SeqCst);
+    let created = create_ok(&pgtide, json!({"url": rx.url, "max_retries": 2})).await?;
+    let id = created["id"].as_str().context("id")?.to_owned();
+    let secret = created["secret"]
+        .as_str()
+        .context("generated secret")?
+        .to_owned();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let published = publish(&pgtide, "orders.created", 7).await?;
+    for _ in 0..3 {
+        let r = rx.next().await?;
+        assert_eq!(r.status, 500);
+        verify_pgtide_signature(&r, &secret)?;
+    }
+    let deadline = Instant::now() + WAIT;
+    let letter = loop {
+        let (_, v) = get_json(&pgtide, "/v1/dead-letters?kind=webhook").await?;
+        if let Some(l) = v["dead_letters"].as_array().and_then(|a| a.first()) {
+            break l.clone();
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letter["kind"], "webhook");
+    assert_eq!(letter["topic"], "orders.created");
+    assert_eq!(letter["event"]["id"], published["event_id"]);
+    assert!(
+        letter["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 500")),
+        "{letter}"
+    );
+    rx.quiet_for(Duration::from_millis(1500)).await?;
+    let list = attempts(&pgtide, &id).await?;
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["status"], "dead");
+
+    rx.behaviour.fail_all.store(false, Ordering::SeqCst);
+    let r = pgtide
+        .http()
+        .post(pgtide.url(&format!(
+            "/v1/dead-letters/{}/retry",
+            letter["id"].as_i64().context("letter id")?
+        )))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = rx.next().await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-pgtide-event-id"), published["event_id"]);
+    let (_, v) = get_json(&pgtide, "/v1/dead-letters?kind=webhook").await?;
+    assert_eq!(v["dead_letters"], json!([]));
+    wait_attempts(&pgtide, &id, |a| {
+        a.first().is_some_and(|x| x["status"] == "delivered")
+    })
+    .await?;
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// With 5 requests a second and no burst, ten events take about two
+/// seconds, and every one of them arrives.
+#[tokio::test]
+async fn rate_limited_deliveries_wait_and_none_is_lost() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    create_ok(
+        &pgtide,
+        json!({"url": rx.url,
+               "rate_limit": {"requests_per_period": 5, "period_seconds": 1, "burst": 1}}),
+    )
+    .await?;
+    let mut ids = BTreeSet::new();
+    for n in 0..10 {
+        let p = publish(&pgtide, "orders.created", n).await?;
+        ids.insert(p["event_id"].as_str().context("id")?.to_owned());
+    }
+    rx.until(|got| got.len() >= 10).await?;
+    let got: BTreeSet<String> = rx
+        .got
+        .iter()
+        .map(|r| r.header("x-pgtide-event-id").to_owned())
+        .collect();
+    assert_eq!(got, ids, "every event arrives once");
+    let span = rx.got[9].at.duration_since(rx.got[0].at).as_secs_f64();
+    assert!(span >= 1.6, "ten requests at 5/s took only {span:.2}s");
+    for pair in rx.got.windows(2) {
+        let gap = pair[1].at.duration_since(pair[0].at).as_secs_f64();
+        assert!(gap >= 0.15, "two requests {gap:.3}s apart");
+    }
+    rx.quiet_for(Duration::from_millis(500)).await?;
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// `ordered: true`: one request at a time in `seq` order; a failing event
+/// holds back the ones after it until it succeeds.
+#[tokio::test]
+async fn ordered_endpoint_delivers_in_seq_order_through_failures() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    *rx.behaviour.fail_n.lock().await = Some(2);
+    rx.behaviour.fail_first.store(2, Ordering::SeqCst);
+    create_ok(&pgtide, json!({"url": rx.url, "ordered": true})).await?;
+    let mut seqs = Vec::new();
+    for n in 0..8 {
+        let p = publish(&pgtide, "orders.created", n).await?;
+        seqs.push(p["seq"].as_i64().context("seq")?);
+    }
+    rx.until(|got| got.iter().filter(|r| r.status == 200).count() >= 8)
+        .await?;
+    let order: Vec<(i64, u16)> = rx
+        .got
+        .iter()
+        .map(|r| (r.json()["seq"].as_i64().unwrap_or(-1), r.status))
+        .collect();
+    let delivered: Vec<i64> = order
+        .iter()
+        .filter(|(_, s)| *s == 200)
+        .map(|(q, _)| *q)
+        .collect();
+    assert_eq!(delivered, seqs, "delivered in seq order: {order:?}");
+    // Nothing after the failing event was sent before it succeeded.
+    for pair in order.windows(2) {
+        assert!(pair[0].0 <= pair[1].0, "out of order: {order:?}");
+    }
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// `batch`: JSON arrays of at most `max_events`, in `seq` order, the rest
+/// sent once the oldest has waited `max_age_ms`.
+#[tokio::test]
+async fn batched_endpoint_posts_arrays() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    let secret = "batch-secret";
+    create_ok(
+        &pgtide,
+        json!({"url": rx.url, "secret": secret, "batch": {"max_events": 5, "max_age_ms": 1000}}),
+    )
+    .await?;
+    // One transaction of 12 events, so all are pending at once.
+    let client = db.client().await?;
+    client
+        .batch_execute(
+            "SELECT pgtide.publish('orders.created', jsonb_build_object('n', g), '{}', 'order.created')
+             FROM generate_series(1, 12) g",
+        )
+        .await?;
+    let count = |got: &[Received]| -> usize {
+        got.iter()
+            .map(|r| r.json().as_array().map_or(0, Vec::len))
+            .sum()
+    };
+    rx.until(|got| count(got) >= 12).await?;
+    let mut ns = Vec::new();
+    let mut sizes = Vec::new();
+    for r in &rx.got {
+        verify_pgtide_signature(r, secret)?;
+        let batch = r.json();
+        let items = batch.as_array().context("a batch is a JSON array")?;
+        sizes.push(items.len());
+        ns.extend(items.iter().filter_map(|e| e["data"]["n"].as_i64()));
+    }
+    assert_eq!(ns, (1..=12).collect::<Vec<_>>(), "sizes {sizes:?}");
+    assert!(sizes.iter().all(|s| *s <= 5), "{sizes:?}");
+    assert!(sizes.contains(&5), "{sizes:?}");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Without `--webhook-allow-private`, loopback, private and link-local
+/// targets are refused with 400, also when a name resolves to one.
+#[tokio::test]
+async fn private_targets_are_refused_without_the_flag() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    for url in [
+        "http://127.0.0.1:9000/hook",
+        "http://localhost:9000/hook",
+        "http://[::1]/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[::ffff:127.0.0.1]/hook",
+    ] {
+        let (status, body) = create(&pgtide, json!({"url": url})).await?;
+        assert_eq!(status, 400, "{url} -> {body}");
+        assert_eq!(body["error"]["code"], "bad_request");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--webhook-allow-private")),
+            "{body}"
+        );
+    }
+    let (status, body) = create(&pgtide, json!({"url": "https://203.0.113.7/hook"})).await?;
+    assert_eq!(status, 201, "{body}");
+    // The patch is checked the same way.
+    let r = pgtide
+        .http()
+        .patch(pgtide.url(&format!(
+            "/v1/webhooks/{}",
+            body["id"].as_str().context("id")?
+        )))
+        .json(&json!({"url": "http://127.0.0.1/hook"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 400);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// `signature_scheme: standard-webhooks`: the reference library
+/// (npm `standardwebhooks`) verifies a real delivery and rejects a tampered one.
+#[tokio::test]
+async fn standard_webhooks_reference_library_verifies_deliveries() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    let created = create_ok(
+        &pgtide,
+        json!({"url": rx.url, "signature_scheme": "standard-webhooks"}),
+    )
+    .await?;
+    let secret = created["secret"].as_str().context("secret")?.to_owned();
+    let published = publish(&pgtide, "orders.created", 3).await?;
+    let r = rx.next().await?;
+    assert_eq!(r.header("webhook-id"), published["event_id"]);
+    let headers: BTreeMap<&str, &str> = ["webhook-id", "webhook-timestamp", "webhook-signature"]
+        .into_iter()
+        .map(|h| (h, r.header(h)))
+        .collect();
+    let input = json!({"secret": secret, "headers": headers, "body": r.body});
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients/standardwebhooks-check.mjs");
+    let mut child = tokio::process::Command::new("node")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("node (run ./scripts/test once to install the test clients)")?;
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(input.to_string().as_bytes()).await?;
+    }
+    let out = tokio::time::timeout(WAIT, child.wait_with_output()).await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "standardwebhooks-check failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified: Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(verified["payload"]["id"], published["event_id"]);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// `kill -9` of pgtide while it delivers 300 events, then a restart: every
+/// event reaches the receiver at least once, with its original event id.
+#[tokio::test]
+async fn kill_9_during_deliveries_then_restart_delivers_every_event() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let mut rx = Receiver::start().await?;
+    create_ok(
+        &pgtide,
+        json!({"url": rx.url, "timeout_seconds": 1,
+               "rate_limit": {"requests_per_period": 200, "period_seconds": 1, "burst": 10}}),
+    )
+    .await?;
+    db.client()
+        .await?
+        .batch_execute(
+            "SELECT pgtide.publish('load.x', jsonb_build_object('n', g)) FROM generate_series(1, 300) g",
+        )
+        .await?;
+    rx.until(|got| got.len() >= 40).await?;
+    pgtide.kill9().await;
+    let pgtide = Pgtide::start(&local_args(&db)).await?;
+    let stored: BTreeSet<String> = pgtide
+        .wait_events(300)
+        .await?
+        .iter()
+        .filter(|e| e["topic"] == "load.x")
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(stored.len(), 300);
+    rx.until(|got| {
+        let ids: BTreeSet<&str> = got.iter().map(|r| r.header("x-pgtide-event-id")).collect();
+        stored.iter().all(|id| ids.contains(id.as_str()))
+    })
+    .await?;
+    for r in &rx.got {
+        assert_eq!(r.json()["id"], r.header("x-pgtide-event-id"));
+    }
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

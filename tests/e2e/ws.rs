@@ -483,3 +483,34 @@ async fn second_node_serves_and_takes_over_the_slot() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// The Node `ws` client drives the seed's pattern table, the protocol and
+/// replay-then-live (tests/clients/ws-check.mjs).
+#[tokio::test]
+async fn node_ws_client_works() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/ws-check.mjs");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .arg(&pgtide.base)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["patterns"], 5);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

@@ -218,6 +218,9 @@ pub struct Subscription {
     pub outbox: Arc<Outbox>,
     /// While a `from_seq` replay runs, live events wait here.
     held: Mutex<Option<Vec<Delivery>>>,
+    /// The last seq a replay sent: the tailer may still be behind it, and
+    /// must not send those events a second time.
+    replayed_through: AtomicI64,
     dropped: Arc<AtomicU64>,
 }
 
@@ -226,6 +229,7 @@ impl Subscription {
     /// so a connection whose subscriptions overlap gets it once.
     fn offer(&self, delivery: &Delivery, seen: &mut Vec<*const Outbox>) {
         if !self.pattern.matches(&delivery.event.topic)
+            || delivery.event.seq <= self.replayed_through.load(Ordering::Acquire)
             || !self.visibility.may_see(delivery.event.org_id)
             || !self.filter.matches(&delivery.event)
         {
@@ -316,6 +320,7 @@ impl Hub {
             visibility,
             outbox,
             held: Mutex::new(replay.then(Vec::new)),
+            replayed_through: AtomicI64::new(0),
             dropped: self.dropped.clone(),
         });
         let mut index = self
@@ -343,6 +348,10 @@ impl Hub {
         // The lock stays held while the held events go out: a live event the
         // tailer offers meanwhile waits, then follows them, never overtakes.
         let mut guard = lock(&handle.subscription.held);
+        handle
+            .subscription
+            .replayed_through
+            .store(last_replayed, Ordering::Release);
         for d in guard.take().unwrap_or_default() {
             if d.event.seq > last_replayed {
                 let n = handle.subscription.outbox.push_event(d);
@@ -543,6 +552,32 @@ mod tests {
             })
             .collect();
         assert_eq!(seqs, [6, 7]);
+    }
+
+    #[test]
+    fn replay_ahead_of_the_tailer_is_not_sent_twice() {
+        let hub = Hub::default();
+        let outbox = Arc::new(Outbox::default());
+        let h = hub.subscribe(
+            Pattern::parse("**").unwrap(),
+            Filter::default(),
+            all(),
+            outbox.clone(),
+            true,
+        );
+        // The replay read up to 8 from the store before the tailer got there.
+        hub.finish_replay(&h, 8);
+        for seq in 7..=9 {
+            hub.dispatch(&event(seq, "a"));
+        }
+        let seqs: Vec<i64> = lock(&outbox.queue)
+            .iter()
+            .filter_map(|o| match o {
+                Outgoing::Event(d) => Some(d.event.seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [9]);
     }
 
     #[test]

@@ -21,19 +21,26 @@ pub mod exactly_once;
 pub mod health;
 pub mod hub;
 pub mod mappings;
+pub mod openapi;
 pub mod registry;
 pub mod session;
 pub mod socketio;
+pub mod sql;
 pub mod webhooks;
 pub mod ws;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::header;
 use pgtide_cdc::CdcStatus;
 use pgtide_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use mappings::{MappingCommand, MappingCommandError, MappingsView};
@@ -52,28 +59,48 @@ pub struct AppState {
     pub auth: auth::Auth,
     pub exactly_once: exactly_once::Consumers,
     pub webhooks: pgtide_webhooks::Dispatcher,
+    /// SQL over WebSocket, when `--sql-role` turns it on.
+    pub sql: Option<Arc<sql::SqlAccess>>,
 }
 
-/// The whole router.
+/// The whole router, and the OpenAPI document its annotated routes make.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::base())
         .merge(health::routes())
         .merge(events::routes())
         .merge(registry::routes())
         .merge(mappings::routes())
-        .merge(webhooks::routes())
-        .route("/ws", axum::routing::get(ws::upgrade))
+        .merge(OpenApiRouter::from(webhooks::routes()))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(exactly_once::upgrade))
+        .routes(routes!(ws_metrics))
+        .split_for_parts();
+    let document: Arc<str> = openapi::finish(api)
+        .to_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+        .into();
+    routes
         .route(
-            "/ws/exactly-once",
-            axum::routing::get(exactly_once::upgrade),
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        document.to_string(),
+                    )
+                }
+            }),
         )
-        .route("/v1/metrics/ws", axum::routing::get(ws_metrics))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(socketio::layer(state.clone()))
         .with_state(state)
 }
 
+/// Live connection and drop counts for `/ws`, `/ws/exactly-once` and Socket.IO.
+#[utoipa::path(get, path = "/v1/metrics/ws", tag = "realtime",
+    responses((status = 200, description = "`{\"active_connections\", \"total_dropped_messages\"}`", body = Object)))]
 async fn ws_metrics(
     axum::extract::State(state): axum::extract::State<AppState>,
     _caller: auth::Caller,

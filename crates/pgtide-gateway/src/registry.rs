@@ -1,36 +1,31 @@
 //! The registry API: topics and their schema versions, and dead letters.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use bytes::Bytes;
 use pgtide_core::{NewEvent, Topic};
 use pgtide_store::registry::TopicPatch;
 use pgtide_store::{DeadLetterKind, Owner};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::events::json_body;
 use crate::{ApiError, AppState};
 use pgtide_auth::Role;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/topics", get(list_topics).post(create_topic))
-        .route(
-            "/v1/topics/{topic}",
-            get(get_topic).patch(patch_topic).delete(delete_topic),
-        )
-        .route(
-            "/v1/topics/{topic}/schemas",
-            get(list_schemas).post(register_schema),
-        )
-        .route("/v1/dead-letters", get(list_dead_letters))
-        .route("/v1/dead-letters/{id}/retry", post(retry_dead_letter))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_topics, create_topic))
+        .routes(routes!(get_topic, patch_topic, delete_topic))
+        .routes(routes!(list_schemas, register_schema))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(retry_dead_letter))
 }
 
 fn topic_name(text: &str) -> Result<String, ApiError> {
@@ -39,6 +34,9 @@ fn topic_name(text: &str) -> Result<String, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid topic: {e}")))
 }
 
+/// Every registered topic.
+#[utoipa::path(get, path = "/v1/topics", tag = "registry",
+    responses((status = 200, description = "`{\"topics\": [...]}`", body = Object)))]
 async fn list_topics(
     State(state): State<AppState>,
     _caller: Caller,
@@ -46,7 +44,7 @@ async fn list_topics(
     Ok(Json(json!({"topics": state.store.list_topics().await?})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTopic {
     name: String,
@@ -54,6 +52,12 @@ struct CreateTopic {
     compatibility: Option<String>,
 }
 
+/// Registers a topic (operator).
+#[utoipa::path(post, path = "/v1/topics", tag = "registry", request_body = CreateTopic,
+    responses(
+        (status = 201, description = "The topic", body = Object),
+        (status = 409, description = "Already registered", body = crate::openapi::ErrorBody),
+    ))]
 async fn create_topic(
     State(state): State<AppState>,
     caller: Caller,
@@ -76,6 +80,13 @@ async fn create_topic(
     ))
 }
 
+/// One topic with its active schema version.
+#[utoipa::path(get, path = "/v1/topics/{topic}", tag = "registry",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The topic", body = Object),
+        (status = 404, description = "Unknown topic", body = crate::openapi::ErrorBody),
+    ))]
 async fn get_topic(
     State(state): State<AppState>,
     _caller: Caller,
@@ -85,7 +96,7 @@ async fn get_topic(
     Ok(Json(serde_json::to_value(topic).unwrap_or(Value::Null)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchTopic {
     description: Option<String>,
@@ -93,6 +104,14 @@ struct PatchTopic {
     active_schema_version: Option<i32>,
 }
 
+/// Changes a topic's description, compatibility or active schema (operator).
+#[utoipa::path(patch, path = "/v1/topics/{topic}", tag = "registry", request_body = PatchTopic,
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 200, description = "The topic", body = Object),
+        (status = 404, description = "Unknown topic or schema version", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Declared in a mapping file (read-only)", body = crate::openapi::ErrorBody),
+    ))]
 async fn patch_topic(
     State(state): State<AppState>,
     caller: Caller,
@@ -120,6 +139,13 @@ async fn patch_topic(
     Ok(Json(serde_json::to_value(topic).unwrap_or(Value::Null)))
 }
 
+/// Deletes a topic and its schemas (operator); stored events stay.
+#[utoipa::path(delete, path = "/v1/topics/{topic}", tag = "registry",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "Unknown topic", body = crate::openapi::ErrorBody),
+    ))]
 async fn delete_topic(
     State(state): State<AppState>,
     caller: Caller,
@@ -133,6 +159,10 @@ async fn delete_topic(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every schema version of a topic.
+#[utoipa::path(get, path = "/v1/topics/{topic}/schemas", tag = "registry",
+    params(("topic" = String, Path, description = "Topic name")),
+    responses((status = 200, description = "`{\"schemas\": [...]}`", body = Object)))]
 async fn list_schemas(
     State(state): State<AppState>,
     _caller: Caller,
@@ -142,12 +172,21 @@ async fn list_schemas(
     Ok(Json(json!({"schemas": schemas})))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RegisterSchema {
+    /// A JSON Schema (2020-12 or draft 7).
+    #[schema(value_type = Object)]
     schema: Value,
 }
 
+/// Registers the next schema version and makes it active (operator).
+#[utoipa::path(post, path = "/v1/topics/{topic}/schemas", tag = "registry", request_body = RegisterSchema,
+    params(("topic" = String, Path, description = "Topic name")),
+    responses(
+        (status = 201, description = "`{\"topic\", \"version\"}`", body = Object),
+        (status = 409, description = "Incompatible with the topic's compatibility mode; `details` hold the reasons", body = crate::openapi::ErrorBody),
+    ))]
 async fn register_schema(
     State(state): State<AppState>,
     caller: Caller,
@@ -167,14 +206,19 @@ async fn register_schema(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeadLetterParams {
+    /// `validation`, `mapping` or `webhook`.
     kind: Option<String>,
     after_id: Option<i64>,
     limit: Option<i64>,
 }
 
+/// What could not become or be delivered as an event (operator).
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "registry", params(DeadLetterParams),
+    responses((status = 200, description = "`{\"dead_letters\": [...]}`", body = Object)))]
 async fn list_dead_letters(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,6 +254,13 @@ async fn list_dead_letters(
 /// the topic's current schema and, if it now passes, stored as an event (with
 /// its original id) and removed from the dead letters. A webhook dead letter
 /// goes back into its endpoint's delivery queue.
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", tag = "registry",
+    params(("id" = i64, Path, description = "Dead letter id")),
+    responses(
+        (status = 200, description = "Retried", body = Object),
+        (status = 404, description = "Unknown dead letter", body = crate::openapi::ErrorBody),
+        (status = 422, description = "Still invalid", body = crate::openapi::ErrorBody),
+    ))]
 async fn retry_dead_letter(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use crate::auth::Caller;
 use crate::hub::{Outgoing, dropped_notice};
 use crate::session::{Request, Session};
+use crate::sql::{Operation, Transactions};
 use crate::{ApiError, AppState};
 
 /// Largest frame accepted; larger ones close the connection with 1009.
@@ -104,9 +105,12 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
         sink
     });
     let mut close: Option<CloseFrame> = None;
+    let mut transactions = Transactions::default();
     while let Some(message) = stream.next().await {
         match message {
-            Ok(Message::Text(text)) => handle(&mut session, text.as_str()).await,
+            Ok(Message::Text(text)) => {
+                handle(&mut session, &mut transactions, text.as_str()).await;
+            }
             Ok(Message::Binary(_)) => session.outbox.push_frame(reply(
                 &Value::Null,
                 Err((
@@ -129,6 +133,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
             }
         }
     }
+    transactions.close().await;
     session.close();
     if let Ok(mut sink) = writer.await {
         if let Some(frame) = close {
@@ -152,7 +157,7 @@ struct Frame {
     request: Request,
 }
 
-async fn handle(session: &mut Session, text: &str) {
+async fn handle(session: &mut Session, transactions: &mut Transactions, text: &str) {
     let frame: Frame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -168,7 +173,27 @@ async fn handle(session: &mut Session, text: &str) {
         }
     };
     let id = frame.id;
-    let result = match frame.kind.or(frame.action).as_deref() {
+    let kind = frame.kind.or(frame.action);
+    if let Some(operation) = kind.as_deref().and_then(Operation::from_type) {
+        let outcome = transactions
+            .handle(
+                session.state.sql.as_deref(),
+                &session.caller,
+                operation,
+                frame.request.data,
+            )
+            .await;
+        let error = outcome
+            .failure
+            .map(|f| json!({"code": f.code, "message": f.message}));
+        let status = if error.is_some() { "error" } else { "success" };
+        session.outbox.push_frame(
+            json!({"id": id, "type": "TransactionResult", "status": status, "data": outcome.data, "error": error})
+                .to_string(),
+        );
+        return;
+    }
+    let result = match kind.as_deref() {
         Some("subscribe") => match session.subscribe(&frame.request) {
             Ok((data, replay)) => {
                 // The reply precedes the replayed events.
@@ -185,7 +210,9 @@ async fn handle(session: &mut Session, text: &str) {
         Some("publish") => session.publish(frame.request).await,
         Some(other) => Err((
             "unknown_type",
-            format!("unknown message type {other:?}: use subscribe, unsubscribe, ping or publish"),
+            format!(
+                "unknown message type {other:?}: use subscribe, unsubscribe, ping, publish or the transaction messages"
+            ),
         )),
         None => Err((
             "invalid_message",

@@ -16,6 +16,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod mappings;
 pub mod migrate;
+pub mod notify;
 pub mod progress;
 pub mod registry;
 pub mod webhooks;
@@ -96,6 +97,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    config: PgConfig,
     committed: watch::Sender<i64>,
     schemas: SchemaCache,
 }
@@ -120,6 +122,7 @@ impl Store {
         let (committed, _) = watch::channel(0);
         Ok(Store {
             pool,
+            config: config.clone(),
             committed,
             schemas: SchemaCache::default(),
         })

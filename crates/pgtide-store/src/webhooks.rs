@@ -427,17 +427,6 @@ impl Store {
         let topics: Option<Vec<String>> = row.get(2);
         let org: Option<i64> = row.get(3);
         let all_orgs: bool = row.get(4);
-        let window = tx
-            .query_one(
-                "SELECT max(seq), count(*) FROM (
-                     SELECT seq FROM pgtide.events WHERE seq > $1 ORDER BY seq LIMIT $2) w",
-                &[&cursor, &limit],
-            )
-            .await?;
-        let Some(upto) = window.get::<_, Option<i64>>(0) else {
-            return Ok((0, false));
-        };
-        let considered: i64 = window.get(1);
         let topic_regex = match topics {
             None => None,
             Some(t) => {
@@ -459,20 +448,33 @@ impl Store {
                 }
             }
         };
-        let inserted = tx
-            .execute(
-                "INSERT INTO pgtide.webhook_deliveries (webhook_id, event_seq, event_id)
-                 SELECT $1, seq, id FROM pgtide.events
-                 WHERE seq > $2 AND seq <= $3
-                   AND ($4::text[] IS NULL OR type = ANY($4))
-                   AND ($5::text IS NULL OR topic ~ $5)
-                   AND ($6 OR org_id IS NULL OR org_id = $7)
-                 ORDER BY seq
-                 ON CONFLICT (webhook_id, event_seq) DO NOTHING",
+        // One statement: the window of events after the cursor, the
+        // deliveries for those that match, and the cursor moved past them all.
+        let row = tx
+            .query_one(
+                "WITH w AS (
+                     SELECT seq, id, type, topic, org_id FROM pgtide.events
+                     WHERE seq > $2 ORDER BY seq LIMIT $3
+                 ), ins AS (
+                     INSERT INTO pgtide.webhook_deliveries (webhook_id, event_seq, event_id)
+                     SELECT $1, seq, id FROM w
+                     WHERE ($4::text[] IS NULL OR type = ANY($4))
+                       AND ($5::text IS NULL OR topic ~ $5)
+                       AND ($6 OR org_id IS NULL OR org_id = $7)
+                     ORDER BY seq
+                     ON CONFLICT (webhook_id, event_seq) DO NOTHING
+                     RETURNING 1
+                 ), cur AS (
+                     UPDATE pgtide.webhooks SET cursor_seq = (SELECT max(seq) FROM w)
+                     WHERE id = $1 AND EXISTS (SELECT 1 FROM w)
+                     RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM ins),
+                        (SELECT count(*) FROM cur)",
                 &[
                     &webhook_id,
                     &cursor,
-                    &upto,
+                    &limit,
                     &types,
                     &topic_regex,
                     &all_orgs,
@@ -480,13 +482,13 @@ impl Store {
                 ],
             )
             .await?;
-        tx.execute(
-            "UPDATE pgtide.webhooks SET cursor_seq = $2 WHERE id = $1",
-            &[&webhook_id, &upto],
-        )
-        .await?;
+        let considered: i64 = row.get(0);
+        let inserted: i64 = row.get(1);
+        if considered == 0 {
+            return Ok((0, false));
+        }
         tx.commit().await?;
-        Ok((inserted, considered >= limit))
+        Ok((inserted as u64, considered >= limit))
     }
 
     /// Claims due deliveries of one endpoint under a fresh lease.
@@ -605,86 +607,90 @@ impl Store {
         })
     }
 
-    /// Records an attempt and moves its deliveries on: deleted when
-    /// delivered, rescheduled, or dead-lettered. Rows whose lease was taken
-    /// over by another worker are left to it.
-    pub async fn record_attempt(&self, a: &AttemptRecord) -> Result<()> {
+    /// Records attempts, in one transaction, and moves their deliveries on:
+    /// deleted when delivered, rescheduled, or dead-lettered. Rows whose
+    /// lease was taken over by another worker are left to it.
+    pub async fn record_attempts(&self, records: &[AttemptRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let (status, retry_in) = match &a.result {
-            AttemptResult::Delivered => ("delivered", None),
-            AttemptResult::Retry(d) => ("failed", Some(seconds(*d))),
-            AttemptResult::Dead => ("dead", None),
+        let retry_in = |a: &AttemptRecord| match &a.result {
+            AttemptResult::Retry(d) => Some(seconds(*d)),
+            _ => None,
         };
+        let status = |a: &AttemptRecord| match &a.result {
+            AttemptResult::Delivered => "delivered",
+            AttemptResult::Retry(_) => "failed",
+            AttemptResult::Dead => "dead",
+        };
+        let col = |f: &dyn Fn(&AttemptRecord) -> Option<String>| -> Vec<Option<String>> {
+            records.iter().map(f).collect()
+        };
+        // ULIDs hold no comma, so a batch's event ids travel as one string each.
         tx.execute(
             "INSERT INTO pgtide.webhook_attempts (id, webhook_id, event_ids, attempt, status,
                  status_code, latency_ms, error, response, next_attempt_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
-                 now() + make_interval(secs => $10::float8))",
+             SELECT x.id, x.webhook_id, string_to_array(x.event_ids, ','), x.attempt, x.status,
+                    x.status_code, x.latency_ms, x.error, x.response,
+                    now() + make_interval(secs => x.retry_in)
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[], $5::text[], $6::int4[],
+                         $7::int8[], $8::text[], $9::text[], $10::float8[])
+                  AS x(id, webhook_id, event_ids, attempt, status, status_code, latency_ms,
+                       error, response, retry_in)",
             &[
-                &a.id,
-                &a.webhook_id,
-                &a.event_ids,
-                &a.attempt,
-                &status,
-                &a.status_code,
-                &a.latency_ms,
-                &a.error,
-                &a.response,
-                &retry_in,
+                &col(&|a| Some(a.id.clone())),
+                &col(&|a| Some(a.webhook_id.clone())),
+                &col(&|a| Some(a.event_ids.join(","))),
+                &records.iter().map(|a| a.attempt).collect::<Vec<_>>(),
+                &col(&|a| Some(status(a).to_owned())),
+                &records.iter().map(|a| a.status_code).collect::<Vec<_>>(),
+                &records.iter().map(|a| a.latency_ms).collect::<Vec<_>>(),
+                &col(&|a| a.error.clone()),
+                &col(&|a| a.response.clone()),
+                &records.iter().map(retry_in).collect::<Vec<_>>(),
             ],
         )
         .await?;
-        match &a.result {
-            AttemptResult::Delivered => {
-                tx.execute(
-                    "DELETE FROM pgtide.webhook_deliveries WHERE id = ANY($1) AND claim = $2",
-                    &[&a.deliveries, &a.claim],
-                )
-                .await?;
+        let (mut ids, mut claims) = (Vec::new(), Vec::new());
+        for a in records
+            .iter()
+            .filter(|a| a.result == AttemptResult::Delivered)
+        {
+            for d in &a.deliveries {
+                ids.push(*d);
+                claims.push(a.claim);
             }
-            AttemptResult::Retry(_) => {
-                tx.execute(
-                    "UPDATE pgtide.webhook_deliveries
-                     SET attempts = $3, next_attempt_at = now() + make_interval(secs => $4),
-                         claim = NULL, locked_until = NULL
-                     WHERE id = ANY($1) AND claim = $2",
-                    &[
-                        &a.deliveries,
-                        &a.claim,
-                        &a.attempt,
-                        &retry_in.unwrap_or(0.0),
-                    ],
-                )
-                .await?;
-            }
-            AttemptResult::Dead => {
-                let moved = tx
-                    .query(
+        }
+        if !ids.is_empty() {
+            tx.execute(
+                "DELETE FROM pgtide.webhook_deliveries d
+                 USING unnest($1::int8[], $2::uuid[]) AS x(id, claim)
+                 WHERE d.id = x.id AND d.claim = x.claim",
+                &[&ids, &claims],
+            )
+            .await?;
+        }
+        for a in records {
+            match &a.result {
+                AttemptResult::Delivered => {}
+                AttemptResult::Retry(_) => {
+                    tx.execute(
                         "UPDATE pgtide.webhook_deliveries
-                         SET state = 'dead', attempts = $3, claim = NULL, locked_until = NULL
-                         WHERE id = ANY($1) AND claim = $2 RETURNING id",
-                        &[&a.deliveries, &a.claim, &a.attempt],
+                         SET attempts = $3, next_attempt_at = now() + make_interval(secs => $4),
+                             claim = NULL, locked_until = NULL
+                         WHERE id = ANY($1) AND claim = $2",
+                        &[
+                            &a.deliveries,
+                            &a.claim,
+                            &a.attempt,
+                            &retry_in(a).unwrap_or(0.0),
+                        ],
                     )
                     .await?;
-                let moved: Vec<i64> = moved.iter().map(|r| r.get(0)).collect();
-                let error = format!(
-                    "webhook {}: gave up after {} attempt(s): {}",
-                    a.webhook_id,
-                    a.attempt,
-                    a.error.as_deref().unwrap_or("failed")
-                );
-                let stmt = tx
-                    .prepare(
-                        "INSERT INTO pgtide.dead_letters (kind, topic, event, error, webhook_delivery_id)
-                         VALUES ('webhook', $1, $2, $3, $4)",
-                    )
-                    .await?;
-                for (delivery, (topic, event)) in a.deliveries.iter().zip(&a.dead) {
-                    if moved.contains(delivery) {
-                        tx.execute(&stmt, &[topic, event, &error, delivery]).await?;
-                    }
                 }
+                AttemptResult::Dead => dead_letter(&tx, a).await?,
             }
         }
         tx.commit().await?;
@@ -784,18 +790,37 @@ impl Store {
         tx.commit().await?;
         Ok(row.get(0))
     }
+}
 
-    /// Deliveries still queued for an endpoint (pending, not dead).
-    pub async fn pending_deliveries(&self, webhook_id: &str) -> Result<i64> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM pgtide.webhook_deliveries WHERE webhook_id = $1 AND state = 'pending'",
-                &[&webhook_id],
-            )
-            .await?;
-        Ok(row.get(0))
+/// Marks an attempt's deliveries dead and stores a dead letter for each.
+async fn dead_letter(tx: &tokio_postgres::Transaction<'_>, a: &AttemptRecord) -> Result<()> {
+    let moved = tx
+        .query(
+            "UPDATE pgtide.webhook_deliveries
+             SET state = 'dead', attempts = $3, claim = NULL, locked_until = NULL
+             WHERE id = ANY($1) AND claim = $2 RETURNING id",
+            &[&a.deliveries, &a.claim, &a.attempt],
+        )
+        .await?;
+    let moved: Vec<i64> = moved.iter().map(|r| r.get(0)).collect();
+    let error = format!(
+        "webhook {}: gave up after {} attempt(s): {}",
+        a.webhook_id,
+        a.attempt,
+        a.error.as_deref().unwrap_or("failed")
+    );
+    let stmt = tx
+        .prepare(
+            "INSERT INTO pgtide.dead_letters (kind, topic, event, error, webhook_delivery_id)
+             VALUES ('webhook', $1, $2, $3, $4)",
+        )
+        .await?;
+    for (delivery, (topic, event)) in a.deliveries.iter().zip(&a.dead) {
+        if moved.contains(delivery) {
+            tx.execute(&stmt, &[topic, event, &error, delivery]).await?;
+        }
     }
+    Ok(())
 }
 
 fn no_webhook(id: &str) -> StoreError {

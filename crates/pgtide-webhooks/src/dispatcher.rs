@@ -14,7 +14,7 @@ use pgtide_core::{Event, EventSource};
 use pgtide_store::Store;
 use pgtide_store::webhooks::{AttemptRecord, AttemptResult, ClaimMode, ClaimedDelivery, Webhook};
 use serde_json::json;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
@@ -44,7 +44,7 @@ impl Default for Config {
             backoff_base: Duration::from_secs(2),
             allow_private: false,
             workers: 256,
-            per_endpoint: 32,
+            per_endpoint: 64,
             poll: Duration::from_millis(250),
         }
     }
@@ -62,6 +62,9 @@ pub struct Dispatcher {
 
 /// Events considered per fan-out transaction.
 const FAN_OUT_WINDOW: i64 = 2000;
+
+/// Most attempts recorded in one transaction.
+const RECORD_BATCH: usize = 500;
 
 impl Dispatcher {
     pub fn new(store: Store, config: Config) -> Result<Dispatcher> {
@@ -186,6 +189,8 @@ impl Dispatcher {
         cancel: CancellationToken,
     ) {
         let done = Arc::new(Notify::new());
+        let (records, to_record) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().recorder(to_record, done.clone()));
         let mut committed = self.store.committed_seq();
         let mut webhook = config.borrow_and_update().clone();
         let mut state = EndpointState::new(&webhook, &self.config);
@@ -198,7 +203,7 @@ impl Dispatcher {
                 self.fan_out(&webhook.id).await;
             }
             let wait = self
-                .claim_and_send(&webhook, &mut state, &global, &done)
+                .claim_and_send(&webhook, &mut state, &global, &records)
                 .await;
             let Some(wait) = wait else {
                 // Claimed something: look for more at once.
@@ -239,14 +244,17 @@ impl Dispatcher {
         webhook: &Arc<Webhook>,
         state: &mut EndpointState,
         global: &Arc<Semaphore>,
-        done: &Arc<Notify>,
+        records: &mpsc::UnboundedSender<AttemptRecord>,
     ) -> Option<Duration> {
         let poll = self.config.poll;
         let free = state
             .permits
             .available_permits()
             .min(global.available_permits());
-        if free == 0 {
+        // Under load, claim in batches rather than one row per finished
+        // request; when idle, at once.
+        let busy = state.permits.available_permits() < state.capacity;
+        if free == 0 || (busy && free < state.capacity.div_ceil(4)) {
             return Some(poll);
         }
         let now = Instant::now();
@@ -292,12 +300,11 @@ impl Dispatcher {
             };
             let this = self.clone();
             let webhook = webhook.clone();
-            let done = done.clone();
+            let records = records.clone();
             let claim_id = claim.claim;
             tokio::spawn(async move {
-                this.deliver(&webhook, claim_id, message, [mine, node])
+                this.deliver(&webhook, claim_id, message, [mine, node], &records)
                     .await;
-                done.notify_one();
             });
         }
         None
@@ -310,13 +317,13 @@ impl Dispatcher {
         claim: uuid::Uuid,
         message: Vec<ClaimedDelivery>,
         permits: [OwnedSemaphorePermit; 2],
+        records: &mpsc::UnboundedSender<AttemptRecord>,
     ) {
         let attempt_no = message.iter().map(|d| d.attempts).max().unwrap_or(0) + 1;
         let (present, expired): (Vec<_>, Vec<_>) =
             message.into_iter().partition(|d| d.event.is_some());
         if !expired.is_empty() {
-            self.record(&expired_record(webhook, claim, &expired, attempt_no))
-                .await;
+            let _ = records.send(expired_record(webhook, claim, &expired, attempt_no));
         }
         let events: Vec<&Event> = present.iter().filter_map(|d| d.event.as_ref()).collect();
         let Some(first) = events.first() else {
@@ -377,22 +384,40 @@ impl Dispatcher {
         if let Some(e) = &record.error {
             tracing::debug!(webhook = %webhook.id, attempt = attempt_no, error = %e, "webhook attempt failed");
         }
-        self.record(&record).await;
+        let _ = records.send(record);
     }
 
-    /// Records an attempt, retrying while the store is briefly unavailable.
-    /// If it cannot be recorded, the lease expires and the delivery is sent
-    /// again: at least once, never lost.
-    async fn record(&self, record: &AttemptRecord) {
+    /// Records the endpoint's attempts in batches (what finished while the
+    /// previous batch was written), then wakes the endpoint loop. Ends when
+    /// the loop and its in-flight sends are gone.
+    async fn recorder(self, mut rx: mpsc::UnboundedReceiver<AttemptRecord>, done: Arc<Notify>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.record(&batch).await;
+            done.notify_one();
+        }
+    }
+
+    /// Records attempts, retrying while the store is briefly unavailable.
+    /// If they cannot be recorded, the leases expire and the deliveries are
+    /// sent again: at least once, never lost.
+    async fn record(&self, batch: &[AttemptRecord]) {
         for wait in [100, 500, 2000, 5000] {
-            match self.store.record_attempt(record).await {
+            match self.store.record_attempts(batch).await {
                 Ok(()) => return,
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!(error = %e, "recording a webhook attempt failed; retrying");
+                    tracing::warn!(error = %e, "recording webhook attempts failed; retrying");
                     tokio::time::sleep(Duration::from_millis(wait)).await;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "recording a webhook attempt failed");
+                    // E.g. the endpoint was deleted meanwhile.
+                    tracing::warn!(error = %e, "recording webhook attempts failed");
                     return;
                 }
             }
@@ -403,6 +428,7 @@ impl Dispatcher {
 /// What an endpoint loop keeps between rounds.
 struct EndpointState {
     permits: Arc<Semaphore>,
+    capacity: usize,
     bucket: Option<TokenBucket>,
 }
 
@@ -415,6 +441,7 @@ impl EndpointState {
         };
         EndpointState {
             permits: Arc::new(Semaphore::new(n)),
+            capacity: n,
             bucket: webhook
                 .spec
                 .rate_limit

@@ -92,6 +92,13 @@ pub struct ServeArgs {
     /// Serve without authentication. For local use only.
     #[arg(long, env = "PGTIDE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Database role SQL over WebSocket runs as, for `sql: true` tokens; SQL
+    /// over WebSocket is off without it.
+    #[arg(long, env = "PGTIDE_SQL_ROLE")]
+    pub sql_role: Option<String>,
+    /// `statement_timeout` of SQL over WebSocket.
+    #[arg(long, env = "PGTIDE_SQL_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub sql_statement_timeout: Duration,
     /// HS256 secret for JWT authentication.
     #[arg(long, env = "PGTIDE_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -206,6 +213,8 @@ pub enum SlotAction {
 pub enum BenchWhich {
     /// CDC throughput against pg_recvlogical, and commit→stored latency.
     Cdc(crate::bench::CdcBenchArgs),
+    /// Webhook deliveries per second to a local receiver, and commit → delivery latency.
+    Webhooks(crate::bench_webhooks::WebhookBenchArgs),
 }
 
 /// `7d`, `12h`, `30s`, `500ms` (humantime, plus a bare `d` suffix).

@@ -53,6 +53,8 @@ async fn serve(
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),
+        sql_role: None,
+        sql_statement_timeout: std::time::Duration::from_secs(5),
         webhooks: WebhookArgs {
             webhook_backoff_base: std::time::Duration::from_secs(2),
             // Local receivers are the point of dev.

@@ -4,9 +4,10 @@
 //! - [`server`]: `pgtide run`: checks, migrations, slot, CDC pipeline, HTTP.
 //! - [`dev`]: `pgtide dev`: the same on a throwaway local PostgreSQL.
 //! - [`mappings`]: loading and reloading mapping files; `pgtide check`.
-//! - [`bench`]: `pgtide bench cdc`.
+//! - [`bench`]: `pgtide bench cdc`; [`bench_webhooks`]: `pgtide bench webhooks`.
 
 mod bench;
+mod bench_webhooks;
 mod cli;
 mod dev;
 mod mappings;
@@ -104,6 +105,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             which: cli::BenchWhich::Cdc(args),
         } => bench::cdc(args).await,
+        Command::Bench {
+            which: cli::BenchWhich::Webhooks(args),
+        } => bench_webhooks::webhooks(args).await,
     }
 }
 

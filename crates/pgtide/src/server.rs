@@ -193,6 +193,7 @@ pub async fn start(
     spawn_retention(store.clone(), serve.retention, shutdown.clone());
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let hub = Hub::default();
+    tokio::spawn(store.clone().follow_commits(shutdown.clone()));
     tokio::spawn(hub.clone().run_tailer(store.clone(), shutdown.clone()));
     let webhooks = pgtide_webhooks::Dispatcher::new(
         store.clone(),
@@ -213,6 +214,7 @@ pub async fn start(
         auth,
         exactly_once: Default::default(),
         webhooks,
+        sql: sql_access(source, serve)?,
     };
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
@@ -228,6 +230,23 @@ pub async fn start(
 async fn migrate_store(config: &PgConfig) -> anyhow::Result<Vec<i32>> {
     let mut client = config.connect().await?;
     Ok(pgtide_store::migrate::migrate(&mut client).await?)
+}
+
+/// SQL over WebSocket runs against the source database, as `--sql-role`.
+fn sql_access(
+    source: &PgConfig,
+    serve: &ServeArgs,
+) -> anyhow::Result<Option<Arc<pgtide_gateway::sql::SqlAccess>>> {
+    let Some(role) = &serve.sql_role else {
+        return Ok(None);
+    };
+    let access = pgtide_gateway::sql::SqlAccess::new(source, role, serve.sql_statement_timeout, 32)
+        .map_err(|e| anyhow::anyhow!("--sql-role: {e}"))?;
+    tracing::info!(
+        role,
+        "SQL over WebSocket is on for tokens with \"sql\": true"
+    );
+    Ok(Some(Arc::new(access)))
 }
 
 /// Deletes expired events every minute (or every half retention period, when

@@ -227,41 +227,59 @@ fn any_changed(
     })
 }
 
-/// Puts the value of each of `columns` (name and slot) that `row` has in
-/// its slot. When there are few enough pairs, by one pass over the row
-/// comparing names, cheapest first (lengths, then bytes inline), which
-/// beats a search of the row's tree per column; else by those searches.
-fn find_columns<'r>(
-    row: &'r Map<String, Json>,
-    columns: &[(String, usize)],
-    slots: &mut [Option<&'r Json>],
-) {
-    const MAX_PAIRS: usize = 512;
-    if columns.is_empty() {
-        return;
+/// The columns of one row that a table's mappings read.
+#[derive(Debug, Default)]
+struct RowColumns {
+    /// Name and slot.
+    names: Vec<(String, usize)>,
+    /// Bit `n % 64` is set when a name is `n` bytes long, so most other
+    /// columns of a row are passed over after one test.
+    lengths: u64,
+}
+
+impl RowColumns {
+    fn add(&mut self, name: &str, slot: usize) {
+        self.names.push((name.to_owned(), slot));
+        self.lengths |= 1 << (name.len() % 64);
     }
-    if row.len().saturating_mul(columns.len()) > MAX_PAIRS {
-        for (name, slot) in columns {
-            if let Some(value) = slots.get_mut(*slot) {
-                *value = row.get(name);
-            }
+
+    /// Puts the value of each column that `row` has in its slot. A few
+    /// columns of a wide row are searched for one by one; otherwise one
+    /// pass over the row compares names, cheapest test first (length,
+    /// then bytes inline), which beats a search of the row's tree per
+    /// column.
+    fn find<'r>(&self, row: &'r Map<String, Json>, slots: &mut [Option<&'r Json>]) {
+        const MAX_PAIRS: usize = 512;
+        let wanted = self.names.len();
+        if wanted == 0 {
+            return;
         }
-        return;
-    }
-    let mut left = columns.len();
-    for (key, value) in row {
-        let key = key.as_bytes();
-        let found = columns.iter().find(|(name, _)| {
-            let name = name.as_bytes();
-            name.len() == key.len() && name.iter().zip(key).all(|(a, b)| a == b)
-        });
-        if let Some((_, slot)) = found
-            && let Some(place) = slots.get_mut(*slot)
-        {
-            *place = Some(value);
-            left -= 1;
-            if left == 0 {
-                return;
+        if wanted * 16 <= row.len() || row.len().saturating_mul(wanted) > MAX_PAIRS {
+            for (name, slot) in &self.names {
+                if let Some(value) = slots.get_mut(*slot) {
+                    *value = row.get(name);
+                }
+            }
+            return;
+        }
+        let mut left = wanted;
+        for (key, value) in row {
+            let key = key.as_bytes();
+            if self.lengths & (1 << (key.len() % 64)) == 0 {
+                continue;
+            }
+            let found = self.names.iter().find(|(name, _)| {
+                let name = name.as_bytes();
+                name.len() == key.len() && name.iter().zip(key).all(|(a, b)| a == b)
+            });
+            if let Some((_, slot)) = found
+                && let Some(place) = slots.get_mut(*slot)
+            {
+                *place = Some(value);
+                left -= 1;
+                if left == 0 {
+                    return;
+                }
             }
         }
     }
@@ -296,9 +314,9 @@ pub(crate) struct TableMappings {
     /// lookup costs several string comparisons); a column's place here is
     /// its slot.
     pub columns: Vec<(Row, String)>,
-    /// The same by row: name and slot.
-    new_columns: Vec<(String, usize)>,
-    old_columns: Vec<(String, usize)>,
+    /// The same by row.
+    new_columns: RowColumns,
+    old_columns: RowColumns,
 }
 
 /// Hashes table names for the per-change lookup. Names come from mapping
@@ -401,7 +419,7 @@ impl Engine {
                     Row::New => &mut entry.new_columns,
                     Row::Old => &mut entry.old_columns,
                 };
-                list.push((name.clone(), slot));
+                list.add(name, slot);
             }
         }
         Engine {
@@ -431,10 +449,10 @@ impl Engine {
             &mut heap
         };
         if let Some(row) = change.new {
-            find_columns(row, &entry.new_columns, slots);
+            entry.new_columns.find(row, slots);
         }
         if let Some(row) = change.old {
-            find_columns(row, &entry.old_columns, slots);
+            entry.old_columns.find(row, slots);
         }
         let slots = &*slots;
         let vars = Vars::bind(change, &entry.qualified);
@@ -455,12 +473,10 @@ impl Engine {
             if !mapping.selects(change, prepared, slots) {
                 continue;
             }
-            if let Some(result) = run.mapping(mapping, prepared).transpose() {
-                if out.capacity() == 0 {
-                    out.reserve_exact(entry.mappings.len() - n);
-                }
-                out.push(result);
+            if out.capacity() == 0 {
+                out.reserve_exact(entry.mappings.len() - n);
             }
+            run.mapping(mapping, prepared, &mut out);
         }
         out
     }
@@ -598,32 +614,43 @@ struct Run<'c, 'v> {
 }
 
 impl Run<'_, '_> {
-    /// The mapping's event, `None` when its `when` is false.
+    /// Adds the mapping's event, or its failure, to `out`; nothing when its
+    /// `when` is false.
     fn mapping(
         &self,
         m: &Mapping,
         prepared: &Prepared,
-    ) -> Result<Option<MappedEvent>, MappingFailure> {
-        let fail = |message: String| MappingFailure {
-            mapping: m.info.name.clone(),
-            message,
-        };
+        out: &mut Vec<Result<MappedEvent, MappingFailure>>,
+    ) {
+        match self.event(m, prepared) {
+            Ok(Some(event)) => out.push(Ok(event)),
+            Ok(None) => {}
+            Err(message) => out.push(Err(MappingFailure {
+                mapping: m.info.name.clone(),
+                message,
+            })),
+        }
+    }
+
+    /// The mapping's event, `None` when its `when` is false.
+    #[inline(always)]
+    fn event(&self, m: &Mapping, prepared: &Prepared) -> Result<Option<MappedEvent>, String> {
         if let Some(when) = &m.when
-            && !self.truth(when).map_err(fail)?
+            && !self.truth(when)?
         {
             return Ok(None);
         }
-        let topic = self.topic(&m.topic).map_err(fail)?;
+        let topic = self.topic(&m.topic)?;
         let data = match &m.payload {
-            Some(fields) => self.payload(fields, prepared).map_err(fail)?,
+            Some(fields) => self.payload(fields, prepared)?,
             None => self.default_data(),
         };
         let org_id = match &m.org {
-            Some(expr) => self.org(expr).map_err(fail)?,
+            Some(expr) => self.org(expr)?,
             None => None,
         };
         let key = match &m.key {
-            Some(expr) => self.key(expr).map_err(fail)?,
+            Some(expr) => self.key(expr)?,
             None => None,
         };
         let event_type = m
@@ -640,6 +667,7 @@ impl Run<'_, '_> {
         }))
     }
 
+    #[inline(always)]
     fn eval<'s>(&'s self, expr: &'s Expr) -> Result<Out<'s>, String> {
         match &expr.eval {
             Eval::Column(col) => match self.scope.lookup(col) {
@@ -742,6 +770,7 @@ impl Run<'_, '_> {
             TopicSpec::Template(parts) => parts,
         };
         let mut topic = String::with_capacity(64);
+        let mut empty_hole = false;
         for part in parts {
             match part {
                 TopicPart::Literal(s) => topic.push_str(s),
@@ -757,6 +786,7 @@ impl Run<'_, '_> {
                             )
                         })?;
                     let text = topic.get(start..).unwrap_or_default();
+                    empty_hole |= text.is_empty();
                     if !template::is_segment_text(text) {
                         return Err(format!(
                             "{} gave {text:?}; it may hold only letters, digits, '_' and '-'",
@@ -766,15 +796,11 @@ impl Run<'_, '_> {
                 }
             }
         }
-        // The literal parts were checked at load and holes hold only segment
-        // characters, so only an empty hole or the length can break the
-        // topic; the full check runs only to word the error.
-        let fine = !topic.is_empty()
-            && topic.len() <= MAX_TOPIC_LEN
-            && !topic.starts_with('.')
-            && !topic.ends_with('.')
-            && !topic.contains("..");
-        if fine {
+        // The literal parts were checked at load with a segment character in
+        // each hole, and holes hold only segment characters, so only an
+        // empty hole or the length can break the topic; the full check runs
+        // only to word the error.
+        if !empty_hole && topic.len() <= MAX_TOPIC_LEN {
             return Ok(topic);
         }
         match Topic::parse(&topic) {

@@ -281,6 +281,21 @@ impl Fast {
         }
     }
 
+    /// [`Fast::eval`] with literals and columns, the usual operands of a
+    /// comparison, read in place rather than through a call.
+    #[inline(always)]
+    fn operand<'a>(&'a self, scope: &Scope<'a>) -> Option<V<'a>> {
+        match self {
+            Fast::Lit(lit) => Some(lit.as_v()),
+            Fast::Column(col) => match scope.lookup(col) {
+                Lookup::Absent => Some(V::Null),
+                Lookup::Missing => None,
+                Lookup::Found(value) => json_scalar(value),
+            },
+            _ => self.eval(scope),
+        }
+    }
+
     /// The value, or `None` when CEL must decide.
     pub fn eval<'a>(&'a self, scope: &Scope<'a>) -> Option<V<'a>> {
         match self {
@@ -297,10 +312,10 @@ impl Fast {
                 Var::CommitTs => V::Str(scope.change.commit_ts),
                 Var::Lsn => V::Str(scope.change.lsn),
             }),
-            Fast::Eq(a, b) => Some(V::Bool(equal(a.eval(scope)?, b.eval(scope)?)?)),
-            Fast::Ne(a, b) => Some(V::Bool(!equal(a.eval(scope)?, b.eval(scope)?)?)),
+            Fast::Eq(a, b) => Some(V::Bool(equal(a.operand(scope)?, b.operand(scope)?)?)),
+            Fast::Ne(a, b) => Some(V::Bool(!equal(a.operand(scope)?, b.operand(scope)?)?)),
             Fast::Cmp(cmp, a, b) => {
-                let ordering = compare(a.eval(scope)?, b.eval(scope)?)?;
+                let ordering = compare(a.operand(scope)?, b.operand(scope)?)?;
                 Some(V::Bool(match cmp {
                     Cmp::Lt => ordering == Ordering::Less,
                     Cmp::Le => ordering != Ordering::Greater,
@@ -309,7 +324,7 @@ impl Fast {
                 }))
             }
             Fast::In(x, items) => {
-                let x = x.eval(scope)?;
+                let x = x.operand(scope)?;
                 let mut found = false;
                 for item in items {
                     // Every comparison must be certain, as CEL compares them all.
@@ -338,7 +353,7 @@ impl Fast {
                 V::Bool(false) => b.eval(scope),
                 _ => None,
             },
-            Fast::Int(a) => match a.eval(scope)? {
+            Fast::Int(a) => match a.operand(scope)? {
                 V::Int(i) => Some(V::Int(i)),
                 V::UInt(u) => i64::try_from(u).ok().map(V::Int),
                 V::Str(s) => s.parse::<i64>().ok().map(V::Int),

@@ -513,6 +513,27 @@ fn template_runtime_errors() {
     );
 }
 
+/// A hole may be empty where it shares its segment with fixed text, and a
+/// rendered topic is still held to the length limit.
+#[test]
+fn template_empty_part_and_length() {
+    let set = load("mappings:\n  - name: t\n    table: s\n    topic: a.x{{ new.v }}.b\n");
+    let topic = |v: Value| {
+        Fixture::new(Op::Insert, "s")
+            .new_row(json!({ "v": v }))
+            .apply(&set)
+            .remove(0)
+            .map(|e| e.topic)
+            .map_err(|f| f.message)
+    };
+    assert_eq!(topic(json!("")), Ok("a.x.b".to_owned()));
+    assert_eq!(topic(json!("y".repeat(250))).map(|t| t.len()), Ok(255));
+    assert!(
+        topic(json!("y".repeat(251))).is_err_and(|e| e.starts_with("rendered topic is invalid:")),
+        "256 characters"
+    );
+}
+
 /// Payloads read `old`, `op`, `table`, `tx`, and build lists and maps.
 #[test]
 fn payload_with_old_and_context() {
@@ -641,6 +662,64 @@ mappings:
                 "in `payload.b`: bytes cannot be put in an event; convert them with string(...) or base64 yourself"
             ),
         ]
+    );
+}
+
+/// When several payload fields fail, the error names the first in file
+/// order, whatever order the event's object keeps its keys in.
+#[test]
+fn first_failing_payload_field_in_file_order() {
+    let set = load(
+        r#"
+mappings:
+  - name: m
+    table: t
+    topic: a
+    payload: {zeta: new.nope, ok: new.id, alpha: "new.id + 'x'"}
+"#,
+    );
+    let results = Fixture::new(Op::Insert, "t")
+        .new_row(json!({"id": 1}))
+        .apply(&set);
+    let messages: Vec<_> = results
+        .into_iter()
+        .map(|r| r.map(|e| e.data).map_err(|f| f.message))
+        .collect();
+    assert_eq!(
+        messages,
+        vec![Err("in `payload.zeta`: No such key: nope".to_owned())]
+    );
+}
+
+/// Wide tables: more columns read than fit the engine's stack slots, and
+/// rows too wide for one pass over them, give the same events.
+#[test]
+fn many_columns() {
+    let fields: Vec<String> = (0..20).map(|i| format!("c{i}: new.c{i}")).collect();
+    let yaml = format!(
+        "mappings:\n  - name: m\n    table: t\n    changed: [c19]\n    when: old.c0 == 0\n    topic: a\n    payload: {{{}}}\n",
+        fields.join(", ")
+    );
+    let set = load(&yaml);
+    let mut new = Map::new();
+    let mut old = Map::new();
+    for i in 0..40 {
+        new.insert(format!("c{i}"), json!(i));
+        old.insert(format!("c{i}"), json!(i));
+    }
+    let fixture = Fixture::new(Op::Update, "t")
+        .new_row(Value::Object(new.clone()))
+        .old_row(Value::Object(old.clone()));
+    assert!(fixture.events(&set).is_empty(), "c19 did not change");
+    old.insert("c19".to_owned(), json!("before"));
+    let e = Fixture::new(Op::Update, "t")
+        .new_row(Value::Object(new))
+        .old_row(Value::Object(old))
+        .events(&set);
+    let expected: Map<String, Value> = (0..20).map(|i| (format!("c{i}"), json!(i))).collect();
+    assert_eq!(
+        e.into_iter().map(|e| e.data).collect::<Vec<_>>(),
+        vec![Value::Object(expected)]
     );
 }
 

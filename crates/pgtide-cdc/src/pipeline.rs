@@ -191,7 +191,9 @@ async fn run_once(
         s.last_error = None;
     });
 
-    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(2);
+    // One batch in flight beside the one being written: a deeper queue only
+    // adds latency, the reader keeps batching meanwhile.
+    let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
     let (flushed_tx, mut flushed_rx) = watch::channel(Lsn::ZERO);
     let mut writer = tokio::spawn(write_batches(
         store.clone(),

@@ -56,6 +56,12 @@ pub async fn insert_batch(
     events: &[NewEvent],
     cdc: Option<CdcWrite<'_>>,
 ) -> Result<Option<StoredBatch>> {
+    let only_events = cdc.is_none_or(|c| c.relations.is_empty() && c.dead_letters.is_empty());
+    if !events.is_empty() && events.len() <= SMALL_BATCH && only_events {
+        return insert_small_batch(client, events, cdc.and_then(|c| c.progress))
+            .await
+            .map(Some);
+    }
     let tx = client.transaction().await?;
     let batch = if events.is_empty() {
         None
@@ -78,6 +84,87 @@ pub async fn insert_batch(
     }
     tx.commit().await?;
     Ok(batch)
+}
+
+/// Batches up to this many events are written in one statement: at low
+/// rates a round trip costs more than COPY saves.
+const SMALL_BATCH: usize = 64;
+
+/// One statement, so one round trip and an implicit transaction: take the
+/// seqs (holding the counter's row lock until commit, as every writer does),
+/// save the CDC position, insert the events from parallel arrays.
+async fn insert_small_batch(
+    client: &tokio_postgres::Client,
+    events: &[NewEvent],
+    progress: Option<&CdcProgress>,
+) -> Result<StoredBatch> {
+    let n = events.len() as i64;
+    let ids: Vec<uuid::Uuid> = events.iter().map(|e| uuid::Uuid::from(e.id)).collect();
+    let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let ts: Vec<OffsetDateTime> = events.iter().map(|e| e.ts).collect();
+    let sources: Vec<&str> = events.iter().map(|e| e.source.as_str()).collect();
+    let data: Vec<JsonbOf<'_, Value>> = events.iter().map(|e| JsonbOf(&e.data)).collect();
+    let orgs: Vec<Option<i64>> = events.iter().map(|e| e.org_id).collect();
+    let correlations: Vec<Option<&str>> =
+        events.iter().map(|e| e.correlation_id.as_deref()).collect();
+    let attributes: Vec<JsonbOf<'_, BTreeMap<String, String>>> =
+        events.iter().map(|e| JsonbOf(&e.attributes)).collect();
+    let metas: Vec<JsonbOf<'_, Map<String, Value>>> =
+        events.iter().map(|e| JsonbOf(&e.meta)).collect();
+    let slot = progress.map(|p| p.slot.as_str());
+    let lsn = progress.map(|p| p.commit_lsn.to_string());
+    let pos = progress.map(|p| p.tx_pos);
+    let sql = format!(
+            "WITH counter AS (
+                 UPDATE pgtide.seq_counter SET last_seq = last_seq + $1 RETURNING last_seq - $1 AS base
+             ), position AS (
+                 INSERT INTO pgtide.cdc_progress (slot, commit_lsn, tx_pos, updated_at)
+                 SELECT $2, $3::text::pg_lsn, $4, now() WHERE $2::text IS NOT NULL
+                 ON CONFLICT (slot) DO UPDATE
+                     SET commit_lsn = excluded.commit_lsn, tx_pos = excluded.tx_pos, updated_at = now()
+             )
+             INSERT INTO pgtide.events ({COLUMNS})
+             SELECT counter.base + e.n, e.id, e.topic, e.type, e.ts, e.source, e.data, e.org_id,
+                    e.correlation_id, e.attributes, e.meta
+               FROM counter,
+                    unnest($5::uuid[], $6::text[], $7::text[], $8::timestamptz[], $9::text[],
+                           $10::jsonb[], $11::int8[], $12::text[], $13::jsonb[], $14::jsonb[])
+                        WITH ORDINALITY
+                        AS e(id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta, n)
+             RETURNING seq"
+    );
+    // query_typed: parse, bind and execute in one round trip.
+    let rows = client
+        .query_typed(
+            &sql,
+            &[
+                (&n, Type::INT8),
+                (&slot, Type::TEXT),
+                (&lsn, Type::TEXT),
+                (&pos, Type::INT4),
+                (&ids, Type::UUID_ARRAY),
+                (&topics, Type::TEXT_ARRAY),
+                (&types, Type::TEXT_ARRAY),
+                (&ts, Type::TIMESTAMPTZ_ARRAY),
+                (&sources, Type::TEXT_ARRAY),
+                (&data, Type::JSONB_ARRAY),
+                (&orgs, Type::INT8_ARRAY),
+                (&correlations, Type::TEXT_ARRAY),
+                (&attributes, Type::JSONB_ARRAY),
+                (&metas, Type::JSONB_ARRAY),
+            ],
+        )
+        .await?;
+    let first_seq = rows
+        .iter()
+        .map(|r| r.get::<_, i64>(0))
+        .min()
+        .ok_or_else(|| StoreError::Invalid("no events were stored".into()))?;
+    Ok(StoredBatch {
+        first_seq,
+        last_seq: first_seq + n - 1,
+    })
 }
 
 async fn copy_events(

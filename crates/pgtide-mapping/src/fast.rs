@@ -333,16 +333,23 @@ impl Fast {
                 Some(V::Bool(found))
             }
             // CEL's logic is commutative over errors: `false && error` and
-            // `error && false` are both false.
-            Fast::And(a, b) => match (a.eval(scope), b.eval(scope)) {
-                (Some(V::Bool(false)), _) | (_, Some(V::Bool(false))) => Some(V::Bool(false)),
-                (Some(V::Bool(true)), Some(V::Bool(true))) => Some(V::Bool(true)),
-                _ => None,
+            // `error && false` are both false. So the right side decides
+            // unless the left one already has, and only then is it run.
+            Fast::And(a, b) => match a.eval(scope) {
+                Some(V::Bool(false)) => Some(V::Bool(false)),
+                left => match (left, b.eval(scope)) {
+                    (_, Some(V::Bool(false))) => Some(V::Bool(false)),
+                    (Some(V::Bool(true)), Some(V::Bool(true))) => Some(V::Bool(true)),
+                    _ => None,
+                },
             },
-            Fast::Or(a, b) => match (a.eval(scope), b.eval(scope)) {
-                (Some(V::Bool(true)), _) | (_, Some(V::Bool(true))) => Some(V::Bool(true)),
-                (Some(V::Bool(false)), Some(V::Bool(false))) => Some(V::Bool(false)),
-                _ => None,
+            Fast::Or(a, b) => match a.eval(scope) {
+                Some(V::Bool(true)) => Some(V::Bool(true)),
+                left => match (left, b.eval(scope)) {
+                    (_, Some(V::Bool(true))) => Some(V::Bool(true)),
+                    (Some(V::Bool(false)), Some(V::Bool(false))) => Some(V::Bool(false)),
+                    _ => None,
+                },
             },
             Fast::Not(a) => match a.eval(scope)? {
                 V::Bool(b) => Some(V::Bool(!b)),

@@ -86,12 +86,23 @@ pub(crate) fn check_literals(text: &str, pieces: &[Piece]) -> Result<(), String>
         .map_err(|e| format!("invalid topic template `{text}`: {e}"))
 }
 
-/// Whether a rendered hole value may stand in a topic segment.
+/// Whether a rendered hole value may stand in a topic segment. Runs for
+/// every hole of every event, hence the table.
 pub(crate) fn is_segment_text(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    value.bytes().all(|b| SEGMENT_BYTES[usize::from(b)])
 }
+
+/// Which bytes a topic segment may hold: ASCII letters, digits, `_`, `-`.
+static SEGMENT_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c == b'-';
+        b += 1;
+    }
+    table
+};
 
 #[cfg(test)]
 mod tests {
@@ -166,5 +177,9 @@ mod tests {
         assert!(is_segment_text("abc-1_2"));
         assert!(!is_segment_text("a.b"));
         assert!(!is_segment_text("a b"));
+        for b in 0..=255u8 {
+            let expected = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+            assert_eq!(SEGMENT_BYTES[usize::from(b)], expected, "{b}");
+        }
     }
 }

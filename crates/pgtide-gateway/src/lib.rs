@@ -70,7 +70,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events::routes())
         .merge(registry::routes())
         .merge(mappings::routes())
-        .merge(OpenApiRouter::from(webhooks::routes()))
+        .merge(webhooks::routes())
         .routes(routes!(ws::upgrade))
         .routes(routes!(exactly_once::upgrade))
         .routes(routes!(ws_metrics))

@@ -39,6 +39,7 @@ pub struct ErrorDetail {
     tags(
         (name = "events", description = "Publish, query and replay events"),
         (name = "registry", description = "Topics, schemas, mappings, dead letters"),
+        (name = "webhooks", description = "Signed, durable webhook endpoints and their deliveries"),
         (name = "realtime", description = "WebSocket endpoints and their figures"),
         (name = "health", description = "Liveness, readiness, metrics (no token needed)"),
     )

@@ -6,11 +6,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use bytes::Bytes;
 use pgtide_auth::Role;
 use pgtide_core::Pattern;
@@ -18,20 +16,20 @@ use pgtide_store::webhooks::{BatchConfig, RateLimit, SignatureScheme, WebhookSpe
 use pgtide_webhooks::signature;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::Caller;
 use crate::events::json_body;
 use crate::{ApiError, AppState};
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/webhooks", get(list_webhooks).post(create_webhook))
-        .route(
-            "/v1/webhooks/{id}",
-            get(get_webhook).patch(patch_webhook).delete(delete_webhook),
-        )
-        .route("/v1/webhooks/{id}/deliveries", get(list_deliveries))
-        .route("/v1/webhooks/{id}/test", post(test_webhook))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_webhooks, create_webhook))
+        .routes(routes!(get_webhook, patch_webhook, delete_webhook))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(test_webhook))
 }
 
 /// `Some(None)` for an explicit `null`, `None` when absent.
@@ -43,7 +41,7 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateWebhook {
     url: String,
@@ -53,29 +51,39 @@ struct CreateWebhook {
     headers: Option<BTreeMap<String, String>>,
     max_retries: Option<i32>,
     timeout_seconds: Option<i32>,
+    /// `{requests_per_period, period_seconds, burst}`
+    #[schema(value_type = Option<Object>)]
     rate_limit: Option<RateLimit>,
+    /// `pgtide` (default) or `standard-webhooks`
     signature_scheme: Option<String>,
     ordered: Option<bool>,
+    /// `{max_events, max_age_ms}`
+    #[schema(value_type = Option<Object>)]
     batch: Option<BatchConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Fields to change; `null` clears `event_types`, `topics`, `rate_limit`, `batch`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PatchWebhook {
     url: Option<String>,
     secret: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>)]
     event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Vec<String>>)]
     topics: Option<Option<Vec<String>>>,
     headers: Option<BTreeMap<String, String>>,
     max_retries: Option<i32>,
     timeout_seconds: Option<i32>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
     rate_limit: Option<Option<RateLimit>>,
     signature_scheme: Option<String>,
     ordered: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<Object>)]
     batch: Option<Option<BatchConfig>>,
 }
 
@@ -177,6 +185,12 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
         .map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
+/// Creates an endpoint; the response is the only one that shows its secret.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "The endpoint with its `id` and `secret`", body = Object),
+        (status = 400, description = "Invalid field, or a private target without --webhook-allow-private", body = crate::openapi::ErrorBody),
+    ))]
 async fn create_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -207,6 +221,9 @@ async fn create_webhook(
     Ok((StatusCode::CREATED, Json(webhook.to_json(true))))
 }
 
+/// The caller's endpoints (admins: all), without secrets.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "`{\"webhooks\": [...]}`", body = Object)))]
 async fn list_webhooks(
     State(state): State<AppState>,
     caller: Caller,
@@ -217,6 +234,12 @@ async fn list_webhooks(
     Ok(Json(json!({"webhooks": webhooks})))
 }
 
+/// One endpoint, without its secret.
+#[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The endpoint", body = Object),
+        (status = 404, description = "No such endpoint", body = crate::openapi::ErrorBody),
+    ))]
 async fn get_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -227,6 +250,12 @@ async fn get_webhook(
     Ok(Json(webhook.to_json(false)))
 }
 
+/// Changes an endpoint's fields.
+#[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Endpoint id")), request_body = PatchWebhook,
+    responses(
+        (status = 200, description = "The endpoint", body = Object),
+        (status = 404, description = "No such endpoint", body = crate::openapi::ErrorBody),
+    ))]
 async fn patch_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -280,6 +309,12 @@ async fn patch_webhook(
     Ok(Json(webhook.to_json(false)))
 }
 
+/// Deletes an endpoint and its pending deliveries.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such endpoint", body = crate::openapi::ErrorBody),
+    ))]
 async fn delete_webhook(
     State(state): State<AppState>,
     caller: Caller,
@@ -291,8 +326,9 @@ async fn delete_webhook(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeliveryParams {
     /// Attempts older than this attempt id (paging, newest first).
     before: Option<String>,
@@ -301,6 +337,12 @@ struct DeliveryParams {
 
 /// Every attempt, newest first: status, status code, latency, the first
 /// KiB of the response, and when the next attempt is due.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path, description = "Endpoint id"), DeliveryParams),
+    responses(
+        (status = 200, description = "`{\"deliveries\": [...]}`", body = Object),
+        (status = 404, description = "No such endpoint", body = crate::openapi::ErrorBody),
+    ))]
 async fn list_deliveries(
     State(state): State<AppState>,
     caller: Caller,
@@ -325,6 +367,11 @@ async fn list_deliveries(
 
 /// Sends a `system.webhook_test` event to the endpoint now and answers
 /// with how it went.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/test", tag = "webhooks", params(("id" = String, Path, description = "Endpoint id")),
+    responses(
+        (status = 200, description = "The test delivery's outcome", body = Object),
+        (status = 404, description = "No such endpoint", body = crate::openapi::ErrorBody),
+    ))]
 async fn test_webhook(
     State(state): State<AppState>,
     caller: Caller,

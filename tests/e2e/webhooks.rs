@@ -48,6 +48,8 @@ struct Behaviour {
     fail_all: AtomicBool,
     /// Count `fail_first` only against events whose `data.n` is this.
     fail_n: Mutex<Option<i64>>,
+    /// Answer after this many milliseconds.
+    delay_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A webhook receiver on 127.0.0.1:0.
@@ -69,6 +71,10 @@ impl Receiver {
                 let b = b.clone();
                 let tx = tx.clone();
                 async move {
+                    let delay = b.delay_ms.load(Ordering::SeqCst);
+                    if delay > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                    }
                     let body = String::from_utf8_lossy(&body).into_owned();
                     let n = serde_json::from_str::<Value>(&body)
                         .ok()
@@ -717,14 +723,16 @@ async fn standard_webhooks_reference_library_verifies_deliveries() -> anyhow::Re
     Ok(())
 }
 
-/// `kill -9` of pgtide while it delivers 300 events, then a restart: every
-/// event reaches the receiver at least once, with its original event id.
+/// `kill -9` of pgtide while it delivers 300 events (slow answers keep
+/// several in flight, so their leases must run out first), then a restart:
+/// every event reaches the receiver at least once, with its original event id.
 #[tokio::test]
 async fn kill_9_during_deliveries_then_restart_delivers_every_event() -> anyhow::Result<()> {
     let server = Server::shared().await?;
     let db = server.database().await?;
     let pgtide = Pgtide::start(&local_args(&db)).await?;
     let mut rx = Receiver::start().await?;
+    rx.behaviour.delay_ms.store(100, Ordering::SeqCst);
     create_ok(
         &pgtide,
         json!({"url": rx.url, "timeout_seconds": 1,
@@ -756,6 +764,26 @@ async fn kill_9_during_deliveries_then_restart_delivers_every_event() -> anyhow:
     for r in &rx.got {
         assert_eq!(r.json()["id"], r.header("x-pgtide-event-id"));
     }
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Attempt records follow the events' `--retention`.
+#[tokio::test]
+async fn attempt_history_follows_retention() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut a = local_args(&db);
+    a.extend(["--retention".to_owned(), "2s".to_owned()]);
+    let pgtide = Pgtide::start(&a).await?;
+    let mut rx = Receiver::start().await?;
+    let created = create_ok(&pgtide, json!({"url": rx.url})).await?;
+    let id = created["id"].as_str().context("id")?.to_owned();
+    publish(&pgtide, "orders.created", 1).await?;
+    rx.next().await?;
+    wait_attempts(&pgtide, &id, |a| a.len() == 1).await?;
+    wait_attempts(&pgtide, &id, <[Value]>::is_empty).await?;
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())

@@ -760,6 +760,27 @@ impl Store {
             .collect())
     }
 
+    /// Deletes attempt records older than `max_age`, in bounded batches, so
+    /// the history follows the events' retention. Returns how many.
+    pub async fn prune_webhook_attempts(&self, max_age: Duration) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let cutoff = OffsetDateTime::now_utc() - max_age;
+        let mut total = 0;
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM pgtide.webhook_attempts WHERE id IN (
+                         SELECT id FROM pgtide.webhook_attempts WHERE created_at < $1 LIMIT 10000)",
+                    &[&cutoff],
+                )
+                .await?;
+            total += n;
+            if n < 10_000 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// Puts a webhook dead letter's delivery back in its queue, due now with
     /// fresh retries, and removes the dead letter. Returns the endpoint's id.
     pub async fn requeue_webhook_dead_letter(&self, letter_id: i64) -> Result<String> {

@@ -36,6 +36,8 @@ pub struct Config {
     /// How often to look for work that no local signal announces (events
     /// and retries from other nodes, expired leases).
     pub poll: Duration,
+    /// How long attempt records are kept (the events' `--retention`).
+    pub retention: Duration,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             workers: 256,
             per_endpoint: 64,
             poll: Duration::from_millis(250),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -62,6 +65,9 @@ pub struct Dispatcher {
 
 /// Events considered per fan-out transaction.
 const FAN_OUT_WINDOW: i64 = 2000;
+
+/// How often old attempt records are pruned (at most).
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Most attempts recorded in one transaction.
 const RECORD_BATCH: usize = 500;
@@ -133,7 +139,20 @@ impl Dispatcher {
         let global = Arc::new(Semaphore::new(self.config.workers.max(1)));
         let mut loops: HashMap<String, (watch::Sender<Arc<Webhook>>, CancellationToken)> =
             HashMap::new();
+        let mut pruned = Instant::now();
         loop {
+            if pruned.elapsed() >= PRUNE_EVERY.min(self.config.retention / 2) {
+                pruned = Instant::now();
+                match self
+                    .store
+                    .prune_webhook_attempts(self.config.retention)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "retention removed old webhook attempts"),
+                    Err(e) => tracing::warn!(error = %e, "pruning webhook attempts failed"),
+                }
+            }
             match self.store.list_webhooks(None).await {
                 Ok(list) => {
                     let mut seen = std::collections::HashSet::new();

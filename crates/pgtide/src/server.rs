@@ -201,6 +201,7 @@ pub async fn start(
             backoff_base: serve.webhooks.webhook_backoff_base,
             allow_private: serve.webhooks.webhook_allow_private,
             workers: serve.webhooks.webhook_workers,
+            retention: serve.retention,
             ..Default::default()
         },
     )?;

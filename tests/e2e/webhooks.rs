@@ -50,6 +50,9 @@ struct Behaviour {
     fail_n: Mutex<Option<i64>>,
     /// Answer after this many milliseconds.
     delay_ms: std::sync::atomic::AtomicU64,
+    /// Requests being answered now, and the most at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 /// A webhook receiver on 127.0.0.1:0.
@@ -71,10 +74,13 @@ impl Receiver {
                 let b = b.clone();
                 let tx = tx.clone();
                 async move {
+                    let now = b.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    b.max_in_flight.fetch_max(now, Ordering::SeqCst);
                     let delay = b.delay_ms.load(Ordering::SeqCst);
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
                     }
+                    b.in_flight.fetch_sub(1, Ordering::SeqCst);
                     let body = String::from_utf8_lossy(&body).into_owned();
                     let n = serde_json::from_str::<Value>(&body)
                         .ok()
@@ -785,6 +791,62 @@ async fn attempt_history_follows_retention() -> anyhow::Result<()> {
     wait_attempts(&pgtide, &id, |a| a.len() == 1).await?;
     wait_attempts(&pgtide, &id, <[Value]>::is_empty).await?;
     pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Two nodes on one database share one queue: each may have 4 requests in
+/// flight, yet the receiver sees more than 4 at once, so both deliver; no
+/// event goes out twice while both live; when one is killed, the other
+/// delivers the rest, including what the dead one had claimed.
+#[tokio::test]
+async fn two_nodes_share_the_queue_and_survive_one_dying() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut a = local_args(&db);
+    a.extend(["--webhook-workers".to_owned(), "4".to_owned()]);
+    let first = Pgtide::start(&a).await?;
+    let mut second = Pgtide::spawn(&a).await?;
+    second.wait_ready().await?;
+    let mut rx = Receiver::start().await?;
+    rx.behaviour.delay_ms.store(100, Ordering::SeqCst);
+    create_ok(&first, json!({"url": rx.url, "timeout_seconds": 1})).await?;
+    db.client()
+        .await?
+        .batch_execute(
+            "SELECT pgtide.publish('load.x', jsonb_build_object('n', g)) FROM generate_series(1, 80) g",
+        )
+        .await?;
+    rx.until(|got| got.len() >= 30).await?;
+    let before_kill: Vec<String> = rx
+        .got
+        .iter()
+        .map(|r| r.header("x-pgtide-event-id").to_owned())
+        .collect();
+    let unique: BTreeSet<&String> = before_kill.iter().collect();
+    assert_eq!(unique.len(), before_kill.len(), "an event went out twice");
+    let most = rx.behaviour.max_in_flight.load(Ordering::SeqCst);
+    assert!((5..=8).contains(&most), "{most} requests at once");
+    first.kill9().await;
+    let stored: BTreeSet<String> = second
+        .wait_events(80)
+        .await?
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(stored.len(), 80);
+    rx.until(|got| {
+        let ids: BTreeSet<&str> = got.iter().map(|r| r.header("x-pgtide-event-id")).collect();
+        stored.iter().all(|id| ids.contains(id.as_str()))
+    })
+    .await?;
+    // Only what the dead node had in flight may have gone out twice.
+    assert!(
+        rx.got.len() <= 80 + 4,
+        "{} requests for 80 events",
+        rx.got.len()
+    );
+    second.stop().await?;
     db.cleanup().await;
     Ok(())
 }

@@ -60,6 +60,29 @@ async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
     assert_eq!(body["event_type"], "custom.hello", "{curl} -> {body}");
     assert!(body["seq"].as_i64().is_some());
 
+    // The admin page is served, and the banner links to it with the token.
+    let admin = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Admin page:"))
+        .map(|s| s.trim().to_owned())
+        .expect("banner names the admin page");
+    assert_eq!(admin, format!("{api}/#token={token}"));
+    let page = reqwest::get(format!("{api}/")).await?;
+    assert!(
+        page.headers()["content-type"]
+            .to_str()?
+            .starts_with("text/html")
+    );
+    let html = page.text().await?;
+    for needle in [
+        "/v1/topics",
+        "/v1/webhooks",
+        "/ws?token=",
+        "/v1/dead-letters",
+    ] {
+        assert!(html.contains(needle), "admin page lacks {needle}");
+    }
+
     // The demo tables are captured.
     let client = crate::harness::connect(&pg_url).await?;
     client

@@ -10,6 +10,10 @@
 //! - [`exactly_once`]: `/ws/exactly-once`, durable consumers with acks.
 //! - [`auth`]: who is calling.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
+//! - [`sql`]: SQL transactions over `/ws`.
+//! - [`openapi`]: the document at `/v1/openapi.json`.
+//!
+//! `/` serves the admin page (`admin.html`).
 //! - [`webhooks`]: `/v1/webhooks`, their deliveries and test sends.
 //!
 //! [`serve`] takes a bound listener so tests can bind port 0.
@@ -92,10 +96,19 @@ pub fn router(state: AppState) -> Router {
                 }
             }),
         )
+        .route("/", axum::routing::get(admin_page))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(socketio::layer(state.clone()))
         .with_state(state)
+}
+
+/// The admin page: registry, mappings, webhooks and their deliveries, dead
+/// letters and a live tail, all through the public API with the token the
+/// user pastes (or passes as `#token=` in the address, which never reaches
+/// the server).
+async fn admin_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("admin.html"))
 }
 
 /// Live connection and drop counts for `/ws`, `/ws/exactly-once` and Socket.IO.

@@ -82,6 +82,7 @@ async fn serve(
     println!("pgtide listening on {api}");
     println!(
         "\npgtide dev is ready\n\
+         \n  Admin page:  {api}/#token={token}\
          \n  API:         {api}\
          \n  WebSocket:   {ws}/ws?token=$TOKEN   Socket.IO: {api}/socket.io/\
          \n  PostgreSQL:  {url}\

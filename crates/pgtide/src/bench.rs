@@ -106,16 +106,16 @@ fn validate(args: &CdcBenchArgs) -> anyhow::Result<()> {
 }
 
 /// The names of everything the run creates, unique per run.
-struct Names {
-    suffix: String,
-    database: String,
-    store_database: String,
+pub(crate) struct Names {
+    pub(crate) suffix: String,
+    pub(crate) database: String,
+    pub(crate) store_database: String,
     recv_slot: String,
-    pgtide_slot: String,
+    pub(crate) pgtide_slot: String,
 }
 
 impl Names {
-    fn new() -> Names {
+    pub(crate) fn new() -> Names {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         let nanos = std::time::SystemTime::now()
@@ -135,16 +135,25 @@ impl Names {
 }
 
 /// Where the benchmark runs: a throwaway local server, or one given by URL.
-struct Server {
+pub(crate) struct Server {
     /// The database we connect to for creating and dropping the bench database.
-    admin: PgConfig,
+    pub(crate) admin: PgConfig,
     admin_url: String,
     recvlogical: PathBuf,
     local: Option<(LocalPostgres, PathBuf)>,
 }
 
 impl Server {
-    async fn start(url: Option<&str>, suffix: &str) -> anyhow::Result<Server> {
+    pub(crate) async fn start(url: Option<&str>, suffix: &str) -> anyhow::Result<Server> {
+        Server::start_with(url, suffix, &LocalOptions::default()).await
+    }
+
+    /// [`Server::start`], with these settings for a throwaway server.
+    pub(crate) async fn start_with(
+        url: Option<&str>,
+        suffix: &str,
+        options: &LocalOptions,
+    ) -> anyhow::Result<Server> {
         if let Some(url) = url {
             let admin = PgConfig::parse(url)?;
             let recvlogical = LocalPostgres::bin_dir()
@@ -160,7 +169,7 @@ impl Server {
         }
         let dir = std::env::temp_dir().join(format!("pgtide-bench-{suffix}"));
         tracing::info!(dir = %dir.display(), "starting a throwaway PostgreSQL");
-        let pg = match LocalPostgres::start(&dir, &LocalOptions::default()).await {
+        let pg = match LocalPostgres::start(&dir, options).await {
             Ok(pg) => pg,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -186,14 +195,19 @@ impl Server {
     }
 
     /// A libpq connection string for `db` on this server (for `pg_recvlogical`).
-    fn url(&self, db: &str) -> String {
+    pub(crate) fn url(&self, db: &str) -> String {
         match &self.local {
             Some((pg, _)) => pg.url(db),
             None => url_with_dbname(&self.admin_url, db),
         }
     }
 
-    async fn stop(self) {
+    /// The throwaway server's data directory (none for a given server).
+    pub(crate) fn local_data_dir(&self) -> Option<&Path> {
+        self.local.as_ref().map(|(pg, _)| pg.data_dir())
+    }
+
+    pub(crate) async fn stop(self) {
         if let Some((pg, dir)) = self.local {
             pg.stop().await;
             if let Err(e) = std::fs::remove_dir_all(&dir) {
@@ -260,11 +274,11 @@ fn rate(rows: u64, elapsed: Duration) -> f64 {
     rows as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub(crate) fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "MISSED" }
 }
 
@@ -922,7 +936,7 @@ async fn drop_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Resul
 }
 
 /// Drops what the run created on the server; failures are only logged.
-async fn cleanup(server: &Server, names: &Names, separate_store: bool) {
+pub(crate) async fn cleanup(server: &Server, names: &Names, separate_store: bool) {
     let admin = match server.admin.connect().await {
         Ok(c) => c,
         Err(e) => {
@@ -948,7 +962,7 @@ async fn cleanup(server: &Server, names: &Names, separate_store: bool) {
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal.
-fn progress_bar(len: u64, prefix: &'static str) -> ProgressBar {
+pub(crate) fn progress_bar(len: u64, prefix: &'static str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

@@ -213,6 +213,8 @@ pub enum SlotAction {
 pub enum BenchWhich {
     /// CDC throughput against pg_recvlogical, and commit→stored latency.
     Cdc(crate::bench::CdcBenchArgs),
+    /// WebSocket fan-out against a Node.js socket.io server, and row commit → client latency.
+    Fanout(crate::bench_fanout::FanoutBenchArgs),
     /// Webhook deliveries per second to a local receiver, and commit → delivery latency.
     Webhooks(crate::bench_webhooks::WebhookBenchArgs),
 }

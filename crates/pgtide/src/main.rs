@@ -4,9 +4,11 @@
 //! - [`server`]: `pgtide run`: checks, migrations, slot, CDC pipeline, HTTP.
 //! - [`dev`]: `pgtide dev`: the same on a throwaway local PostgreSQL.
 //! - [`mappings`]: loading and reloading mapping files; `pgtide check`.
-//! - [`bench`]: `pgtide bench cdc`; [`bench_webhooks`]: `pgtide bench webhooks`.
+//! - [`bench`]: `pgtide bench cdc`; [`bench_fanout`]: `pgtide bench fanout`;
+//!   [`bench_webhooks`]: `pgtide bench webhooks`.
 
 mod bench;
+mod bench_fanout;
 mod bench_webhooks;
 mod cli;
 mod dev;
@@ -105,6 +107,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Bench {
             which: cli::BenchWhich::Cdc(args),
         } => bench::cdc(args).await,
+        Command::Bench {
+            which: cli::BenchWhich::Fanout(args),
+        } => bench_fanout::fanout(args).await,
         Command::Bench {
             which: cli::BenchWhich::Webhooks(args),
         } => bench_webhooks::webhooks(args).await,

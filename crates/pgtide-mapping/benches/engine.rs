@@ -17,6 +17,11 @@
 //! on the bench binary with a case filter, then total Ir / N.
 
 use pgtide_mapping::{Change, MappingSet, Op};
+
+/// The allocator the `pgtide` binary runs with: an event is a few dozen small
+/// allocations, so the allocator is part of the engine's cost.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{Map, Value, json};
 use std::hint::black_box;
 use std::path::Path;

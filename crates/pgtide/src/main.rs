@@ -22,6 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, SlotAction};
 
+/// Every event is a few dozen small allocations, often freed on another
+/// thread than the one that made them: mimalloc handles both far better than
+/// glibc's malloc (the mapping engine runs ~1.5x faster with it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     if let Err(e) = load_config_file() {
         eprintln!("error: {e:#}");

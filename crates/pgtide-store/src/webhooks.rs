@@ -412,6 +412,7 @@ impl Store {
     pub async fn fan_out(&self, webhook_id: &str, limit: i64) -> Result<(u64, bool)> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        relaxed_commit(&tx).await?;
         let Some(row) = tx
             .query_opt(
                 "SELECT cursor_seq, event_types, topics, org_id, all_orgs FROM pgtide.webhooks
@@ -496,6 +497,7 @@ impl Store {
         let claim = uuid::Uuid::from(ulid::Ulid::new());
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        relaxed_commit(&tx).await?;
         let nothing = |next_due| Claim {
             claim,
             deliveries: Vec::new(),
@@ -616,6 +618,7 @@ impl Store {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        relaxed_commit(&tx).await?;
         let retry_in = |a: &AttemptRecord| match &a.result {
             AttemptResult::Retry(d) => Some(seconds(*d)),
             _ => None,
@@ -811,6 +814,18 @@ impl Store {
         tx.commit().await?;
         Ok(row.get(0))
     }
+}
+
+/// Lets the queue's own transactions (fan-out, claims, attempt records)
+/// commit without waiting for the WAL flush. A PostgreSQL crash can then
+/// lose only the last of them, and each loss only repeats work: a fan-out
+/// is redone from the (durable) events, a lost claim frees its rows, a lost
+/// record leaves its delivery leased, to be sent again. At least once holds;
+/// only a retry asked for through the API commits synchronously.
+async fn relaxed_commit(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    Ok(())
 }
 
 /// Marks an attempt's deliveries dead and stores a dead letter for each.

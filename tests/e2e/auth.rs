@@ -285,3 +285,59 @@ async fn tenants_are_isolated() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// Dead letters are tenant data too: an operator sees and retries only its
+/// org's; letters without an org (failed mappings of any table) are admin-only.
+#[tokio::test]
+async fn dead_letters_are_scoped_to_the_org() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = start(&db).await?;
+    let client = db.client().await?;
+    let mut ids = Vec::new();
+    for org in [json!(1), json!(2), Value::Null] {
+        let event = json!({"id": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "seq": 0, "topic": "t", "type": "t",
+                           "ts": "2026-01-01T00:00:00.000Z", "source": "http", "data": {},
+                           "org_id": org, "correlation_id": null, "attributes": {}, "meta": {}});
+        let row = client
+            .query_one(
+                "INSERT INTO pgtide.dead_letters (kind, topic, event, error)
+                 VALUES ('validation', 't', $1, 'bad') RETURNING id",
+                &[&event],
+            )
+            .await?;
+        ids.push(row.get::<_, i64>(0));
+    }
+    let list = |token: String| {
+        let http = pgtide.http().clone();
+        let url = pgtide.url("/v1/dead-letters");
+        async move {
+            let v: Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json()
+                .await?;
+            let ids: Vec<i64> = v["dead_letters"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|d| d["id"].as_i64()).collect())
+                .unwrap_or_default();
+            anyhow::Ok(ids)
+        }
+    };
+    let admin = token(&["--sub", "a", "--role", "admin"]).await?;
+    let op2 = token(&["--sub", "o", "--org", "2", "--role", "operator"]).await?;
+    assert_eq!(list(admin).await?, ids);
+    assert_eq!(list(op2.clone()).await?, vec![ids[1]]);
+    let r = pgtide
+        .http()
+        .post(pgtide.url(&format!("/v1/dead-letters/{}/retry", ids[0])))
+        .bearer_auth(&op2)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 404);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

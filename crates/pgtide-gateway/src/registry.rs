@@ -245,7 +245,12 @@ async fn list_dead_letters(
     }
     let letters = state
         .store
-        .list_dead_letters(kind, params.after_id.unwrap_or(0), limit)
+        .list_dead_letters(
+            kind,
+            params.after_id.unwrap_or(0),
+            limit,
+            caller.org_scope(),
+        )
         .await?;
     Ok(Json(json!({"dead_letters": letters})))
 }
@@ -267,7 +272,7 @@ async fn retry_dead_letter(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Operator)?;
-    let letter = state.store.dead_letter(id).await?;
+    let letter = state.store.dead_letter(id, caller.org_scope()).await?;
     match letter.kind {
         DeadLetterKind::Validation => {
             let stored: pgtide_core::Event =

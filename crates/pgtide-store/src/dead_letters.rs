@@ -88,29 +88,49 @@ fn record(row: &tokio_postgres::Row) -> Result<DeadLetterRecord> {
 
 impl Store {
     /// Dead letters, oldest first, optionally of one kind, after `after_id`.
+    /// Dead letters in `id` order. With an `org_scope` (non-admins), only those
+    /// whose event carries that org: a letter without an org (a failed
+    /// mapping of some table's row) may hold any tenant's data, so only
+    /// admins see it.
     pub async fn list_dead_letters(
         &self,
         kind: Option<DeadLetterKind>,
         after_id: i64,
         limit: i64,
+        org_scope: Option<Option<i64>>,
     ) -> Result<Vec<DeadLetterRecord>> {
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT id, kind, topic, event, error, created_at FROM pgtide.dead_letters
-                 WHERE ($1::text IS NULL OR kind = $1) AND id > $2 ORDER BY id LIMIT $3",
-                &[&kind.map(DeadLetterKind::as_str), &after_id, &limit],
+                 WHERE ($1::text IS NULL OR kind = $1) AND id > $2
+                   AND ($4 OR (event ->> 'org_id')::bigint = $5)
+                 ORDER BY id LIMIT $3",
+                &[
+                    &kind.map(DeadLetterKind::as_str),
+                    &after_id,
+                    &limit,
+                    &org_scope.is_none(),
+                    &org_scope.flatten(),
+                ],
             )
             .await?;
         rows.iter().map(record).collect()
     }
 
-    pub async fn dead_letter(&self, id: i64) -> Result<DeadLetterRecord> {
+    /// One dead letter, if the caller's `org_scope` may see it (as in
+    /// [`Store::list_dead_letters`]); otherwise it does not exist for them.
+    pub async fn dead_letter(
+        &self,
+        id: i64,
+        org_scope: Option<Option<i64>>,
+    ) -> Result<DeadLetterRecord> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT id, kind, topic, event, error, created_at FROM pgtide.dead_letters WHERE id = $1",
-                &[&id],
+                "SELECT id, kind, topic, event, error, created_at FROM pgtide.dead_letters
+                 WHERE id = $1 AND ($2 OR (event ->> 'org_id')::bigint = $3)",
+                &[&id, &org_scope.is_none(), &org_scope.flatten()],
             )
             .await?
             .ok_or_else(|| StoreError::NotFound(format!("no dead letter {id}")))?;

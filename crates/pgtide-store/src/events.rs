@@ -243,10 +243,108 @@ impl<T: serde::Serialize + std::fmt::Debug> ToSql for JsonbOf<'_, T> {
     to_sql_checked!();
 }
 
+/// One caller's events waiting for the publish writer.
+pub(crate) struct PublishRequest {
+    events: Vec<NewEvent>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Event>>>,
+}
+
+/// Publishes waiting together are written in one statement, up to this many events.
+const PUBLISH_GROUP: usize = SMALL_BATCH;
+
+/// The publish writer: takes whatever publishes are waiting and writes them
+/// in one statement (one round trip, one commit), so concurrent publishers
+/// share a commit instead of queueing one by one on the `seq` row lock.
+pub(crate) async fn run_publish_writer(
+    store: Store,
+    mut requests: tokio::sync::mpsc::Receiver<PublishRequest>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut group = vec![first];
+        let mut n = group[0].events.len();
+        while n < PUBLISH_GROUP {
+            match requests.try_recv() {
+                Ok(r) => {
+                    n += r.events.len();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let all: Vec<NewEvent> = group
+            .iter()
+            .flat_map(|r| r.events.iter().cloned())
+            .collect();
+        match store.write_published(&all).await {
+            Ok(first_seq) => {
+                let mut seq = first_seq;
+                for r in group {
+                    let events = r
+                        .events
+                        .into_iter()
+                        .map(|e| {
+                            let event = e.with_seq(seq);
+                            seq += 1;
+                            event
+                        })
+                        .collect();
+                    let _ = r.reply.send(Ok(events));
+                }
+            }
+            // One bad event (a duplicate id, say) must not fail the others:
+            // write each request alone.
+            Err(_) if group.len() > 1 => {
+                for r in group {
+                    let result = store.write_published(&r.events).await.map(|first| {
+                        r.events
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, e)| e.with_seq(first + i as i64))
+                            .collect()
+                    });
+                    let _ = r.reply.send(result);
+                }
+            }
+            Err(e) => {
+                for r in group {
+                    let _ = r.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
 impl Store {
-    /// Stores events published through the API (one transaction) and returns
-    /// them with their seqs.
+    /// Stores published events (API, sockets, retries) and returns them with
+    /// their seqs. Small publishes go through the shared publish writer.
     pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        if events.len() > PUBLISH_GROUP {
+            return self.publish_alone(events).await;
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.publisher()
+            .send(PublishRequest { events, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("the publish writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the publish writer stopped".into()))?
+    }
+
+    /// Writes up to [`PUBLISH_GROUP`] events in one statement and wakes live
+    /// readers; returns the first seq.
+    async fn write_published(&self, events: &[NewEvent]) -> Result<i64> {
+        let client = self.pool.get().await?;
+        let batch = insert_small_batch(&client, events, None).await?;
+        self.note_committed(batch.last_seq);
+        Ok(batch.first_seq)
+    }
+
+    /// A large publish, in its own transaction.
+    async fn publish_alone(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let first = reserve_seq(&*tx, events.len()).await?;

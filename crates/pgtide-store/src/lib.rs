@@ -100,6 +100,9 @@ pub struct Store {
     config: PgConfig,
     committed: watch::Sender<i64>,
     schemas: SchemaCache,
+    /// The publish writer, started on first use (it needs a runtime).
+    publisher:
+        std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<events::PublishRequest>>>,
 }
 
 impl Store {
@@ -125,6 +128,15 @@ impl Store {
             config: config.clone(),
             committed,
             schemas: SchemaCache::default(),
+            publisher: Default::default(),
+        })
+    }
+
+    fn publisher(&self) -> &tokio::sync::mpsc::Sender<events::PublishRequest> {
+        self.publisher.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            tokio::spawn(events::run_publish_writer(self.clone(), rx));
+            tx
         })
     }
 

@@ -5,6 +5,7 @@
 //! message}}`; events arrive as `event` with the envelope. Same sessions,
 //! delivery path and bounded outbox as `/ws`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -14,6 +15,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
+use socketioxide::socket::Sid;
 use tokio::sync::Mutex;
 
 use crate::AppState;
@@ -26,21 +28,39 @@ pub fn layer(state: AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         .max_payload(crate::MAX_BODY as u64)
         .build_layer();
+    // The middleware authenticates (it may await a JWKS fetch) and leaves the
+    // caller here; the connect handler then registers the event handlers
+    // without awaiting anything, so no packet the client sends right after
+    // connecting can arrive before its handler exists.
+    let callers: Arc<std::sync::Mutex<HashMap<Sid, Caller>>> = Arc::default();
     let auth_state = state.clone();
-    let on_connect = move |s: SocketRef, TryData(auth): TryData<Value>| {
-        let state = state.clone();
-        async move { connected(state, s, auth.ok()).await }
-    };
+    let checked = callers.clone();
     let check = move |s: SocketRef, TryData(auth): TryData<Value>| {
         let state = auth_state.clone();
+        let checked = checked.clone();
         async move {
-            authenticate(&state, &s, auth.ok().as_ref())
-                .await
-                .map(|_| ())
+            let caller = authenticate(&state, &s, auth.ok().as_ref()).await?;
+            lock(&checked).insert(s.id, caller);
+            Ok::<(), Refused>(())
         }
+    };
+    // socketioxide spawns the future a connect handler returns, so the
+    // registering happens in the closure itself, before it returns.
+    let on_connect = move |s: SocketRef| {
+        match lock(&callers).remove(&s.id) {
+            Some(caller) => connected(state.clone(), s, caller),
+            None => {
+                let _ = s.disconnect();
+            }
+        }
+        std::future::ready(())
     };
     io.ns("/", on_connect.with(check));
     layer
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Why a handshake was refused; Socket.IO sends it as `connect_error`.
@@ -85,18 +105,11 @@ fn request(data: Value) -> Result<Request, Refusal> {
         .map_err(|e| ("invalid_message", format!("not a valid request: {e}")))
 }
 
-async fn connected(state: AppState, s: SocketRef, auth: Option<Value>) {
-    let Ok(caller) = authenticate(&state, &s, auth.as_ref()).await else {
-        let _ = s.disconnect();
-        return;
-    };
+fn connected(state: AppState, s: SocketRef, caller: Caller) {
     state.hub.connections.fetch_add(1, Ordering::Relaxed);
-    let session = Arc::new(Mutex::new(Session::new(
-        state.clone(),
-        caller,
-        EventSource::Socketio,
-    )));
-    let outbox = session.lock().await.outbox.clone();
+    let session = Session::new(state.clone(), caller, EventSource::Socketio);
+    let outbox = session.outbox.clone();
+    let session = Arc::new(Mutex::new(session));
     let writer_socket = s.clone();
     tokio::spawn(async move {
         while let Some(batch) = outbox.drain().await {

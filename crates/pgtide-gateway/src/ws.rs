@@ -99,13 +99,17 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
                     Outgoing::Frame(f) => f,
                     Outgoing::Dropped(n) => dropped_notice(n).into(),
                 };
+                // Queued, not flushed: one write for the whole batch.
                 if sink
-                    .send(Message::Text(text.as_ref().into()))
+                    .feed(Message::Text(text.as_ref().into()))
                     .await
                     .is_err()
                 {
                     return sink;
                 }
+            }
+            if sink.flush().await.is_err() {
+                return sink;
             }
         }
         sink

@@ -89,6 +89,7 @@ impl LocalPostgres {
             .map_err(|e| io(&format!("resolving {}", data_dir.display()), e))?;
         let run_as = run_as_user()?;
         if let Some(user) = &run_as {
+            grant_traverse(&data_dir)?;
             chown_tree(&data_dir, user)?;
         }
         if !data_dir.join("PG_VERSION").exists() {
@@ -284,8 +285,37 @@ fn run_as_user() -> Result<Option<OsUser>, LocalError> {
 
 fn as_user(cmd: &mut Command, user: &Option<OsUser>) {
     if let Some(user) = user {
-        cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        // Our working directory may be closed to that user (initdb changes
+        // back to it and fails); every path we pass is absolute.
+        cmd.uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .current_dir("/");
     }
+}
+
+/// The `postgres` user must be able to reach the data directory: a project
+/// checked out under a private directory (`mktemp -d` is 0700) would stop
+/// initdb. Each ancestor without search permission for others gets it —
+/// search only (`o+x`), so names stay unlisted.
+fn grant_traverse(data_dir: &Path) -> Result<(), LocalError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in data_dir.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| LocalError::Io(format!("reading {}: {e}", dir.display())))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001)).map_err(
+                |e| {
+                    LocalError::Io(format!(
+                        "letting the postgres user reach {} (chmod o+x): {e}",
+                        dir.display()
+                    ))
+                },
+            )?;
+            tracing::info!(dir = %dir.display(), "added search permission (o+x) so the postgres user can reach its data directory");
+        }
+    }
+    Ok(())
 }
 
 fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), LocalError> {

@@ -276,32 +276,21 @@ pub(crate) async fn run_publish_writer(
             .flat_map(|r| r.events.iter().cloned())
             .collect();
         match store.write_published(&all).await {
-            Ok(first_seq) => {
-                let mut seq = first_seq;
+            Ok(mut first) => {
                 for r in group {
-                    let events = r
-                        .events
-                        .into_iter()
-                        .map(|e| {
-                            let event = e.with_seq(seq);
-                            seq += 1;
-                            event
-                        })
-                        .collect();
-                    let _ = r.reply.send(Ok(events));
+                    let n = r.events.len() as i64;
+                    let _ = r.reply.send(Ok(stamped(r.events, first)));
+                    first += n;
                 }
             }
             // One bad event (a duplicate id, say) must not fail the others:
             // write each request alone.
             Err(_) if group.len() > 1 => {
                 for r in group {
-                    let result = store.write_published(&r.events).await.map(|first| {
-                        r.events
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, e)| e.with_seq(first + i as i64))
-                            .collect()
-                    });
+                    let result = store
+                        .write_published(&r.events)
+                        .await
+                        .map(|first| stamped(r.events, first));
                     let _ = r.reply.send(result);
                 }
             }
@@ -314,6 +303,15 @@ pub(crate) async fn run_publish_writer(
     }
 }
 
+/// The stored form of events given consecutive seqs from `first`.
+fn stamped(events: Vec<NewEvent>, first: i64) -> Vec<Event> {
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.with_seq(first + i as i64))
+        .collect()
+}
+
 impl Store {
     /// Stores published events (API, sockets, retries) and returns them with
     /// their seqs. Small publishes go through the shared publish writer.
@@ -322,7 +320,8 @@ impl Store {
             return Ok(Vec::new());
         }
         if events.len() > PUBLISH_GROUP {
-            return self.publish_alone(events).await;
+            let first = self.write_published(&events).await?;
+            return Ok(stamped(events, first));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
         self.publisher()
@@ -334,54 +333,15 @@ impl Store {
             .map_err(|_| StoreError::Unavailable("the publish writer stopped".into()))?
     }
 
-    /// Writes up to [`PUBLISH_GROUP`] events in one statement and wakes live
-    /// readers; returns the first seq.
+    /// Writes published events in one transaction (one statement when few,
+    /// COPY when many) and wakes live readers; returns the first seq.
     async fn write_published(&self, events: &[NewEvent]) -> Result<i64> {
-        let client = self.pool.get().await?;
-        let batch = insert_small_batch(&client, events, None).await?;
+        let mut client = self.pool.get().await?;
+        let batch = insert_batch(&mut client, events, None)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("no events to publish".into()))?;
         self.note_committed(batch.last_seq);
         Ok(batch.first_seq)
-    }
-
-    /// A large publish, in its own transaction.
-    async fn publish_alone(&self, events: Vec<NewEvent>) -> Result<Vec<Event>> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let first = reserve_seq(&*tx, events.len()).await?;
-        let stmt = tx
-            .prepare_cached(&format!(
-                "INSERT INTO pgtide.events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-            ))
-            .await?;
-        for (i, e) in events.iter().enumerate() {
-            let seq = first + i as i64;
-            let id = uuid::Uuid::from(e.id);
-            tx.execute(
-                &stmt,
-                &[
-                    &seq,
-                    &id,
-                    &e.topic,
-                    &e.event_type,
-                    &e.ts,
-                    &e.source.as_str(),
-                    &JsonbOf(&e.data),
-                    &e.org_id,
-                    &e.correlation_id,
-                    &JsonbOf(&e.attributes),
-                    &JsonbOf(&e.meta),
-                ],
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        let last = first + events.len() as i64 - 1;
-        self.note_committed(last);
-        Ok(events
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| e.with_seq(first + i as i64))
-            .collect())
     }
 
     /// Writes a CDC batch on the pipeline's own connection and wakes live readers.

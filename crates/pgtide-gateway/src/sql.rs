@@ -16,7 +16,7 @@ use std::error::Error as StdError;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use pgtide_pg::PgConfig;
 use pgtide_pg::replication::quote_ident;
 use serde::Deserialize;
@@ -44,18 +44,8 @@ impl SqlAccess {
         statement_timeout: Duration,
         max_connections: usize,
     ) -> Result<SqlAccess, String> {
-        let tls = config.make_tls().map_err(|e| e.to_string())?;
-        let manager = Manager::from_config(
-            config.tokio_config().clone(),
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_connections)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let pool =
+            pgtide_store::connect_pool(config, max_connections).map_err(|e| e.to_string())?;
         Ok(SqlAccess {
             pool,
             role: role.to_owned(),

@@ -108,20 +108,7 @@ pub struct Store {
 impl Store {
     /// Connects a pool of up to `max_size` connections (lazily opened).
     pub fn new(config: &PgConfig, max_size: usize) -> Result<Store> {
-        let tls = tokio_postgres_rustls_connector(config)?;
-        let manager = Manager::from_config(
-            config_for_pool(config),
-            tls,
-            ManagerConfig {
-                // Verified: a connection cut while idle in the pool is noticed at checkout
-                // and replaced, rather than failing the request that drew it.
-                recycling_method: RecyclingMethod::Verified,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(max_size)
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = connect_pool(config, max_size)?;
         let (committed, _) = watch::channel(0);
         Ok(Store {
             pool,
@@ -171,6 +158,25 @@ impl Store {
         client.simple_query("SELECT 1").await?;
         Ok(())
     }
+}
+
+/// A pool of up to `max_size` connections (lazily opened) honouring the
+/// config's `sslmode`.
+pub fn connect_pool(config: &PgConfig, max_size: usize) -> Result<Pool> {
+    let tls = tokio_postgres_rustls_connector(config)?;
+    let manager = Manager::from_config(
+        config_for_pool(config),
+        tls,
+        ManagerConfig {
+            // Verified: a connection cut while idle in the pool is noticed at checkout
+            // and replaced, rather than failing the request that drew it.
+            recycling_method: RecyclingMethod::Verified,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 fn config_for_pool(config: &PgConfig) -> tokio_postgres::Config {

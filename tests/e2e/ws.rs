@@ -65,6 +65,29 @@ async fn publish(pgtide: &Pgtide, topic: &str, data: Value) -> anyhow::Result<i6
     r["seq"].as_i64().context("no seq")
 }
 
+/// Runs a Node client script of tests/clients against pgtide; it must exit 0
+/// and print one JSON line of findings, which is returned.
+async fn node_check(script: &str, pgtide: &Pgtide) -> anyhow::Result<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients")
+        .join(script);
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .arg(&pgtide.base)
+            .output(),
+    )
+    .await??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(stdout.trim())?)
+}
+
 /// The seed's pattern table: each subscription gets exactly its topics, and
 /// a marker event published last tells when everything has arrived.
 #[tokio::test]
@@ -367,23 +390,7 @@ async fn socket_io_client_works_unchanged() -> anyhow::Result<()> {
     let server = Server::shared().await?;
     let db = server.database().await?;
     let pgtide = Pgtide::start(&db.run_args()).await?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/clients/socketio-check.mjs");
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("node")
-            .arg(&script)
-            .arg(&pgtide.base)
-            .output(),
-    )
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim())?;
+    let report = node_check("socketio-check.mjs", &pgtide).await?;
     assert_eq!(report["ok"], true);
     let stored = pgtide
         .events(&format!(
@@ -491,23 +498,7 @@ async fn node_ws_client_works() -> anyhow::Result<()> {
     let server = Server::shared().await?;
     let db = server.database().await?;
     let pgtide = Pgtide::start(&db.run_args()).await?;
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/ws-check.mjs");
-    let out = tokio::time::timeout(
-        WAIT,
-        tokio::process::Command::new("node")
-            .arg(&script)
-            .arg(&pgtide.base)
-            .output(),
-    )
-    .await??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim())?;
+    let report = node_check("ws-check.mjs", &pgtide).await?;
     assert_eq!(report["ok"], true);
     assert_eq!(report["patterns"], 5);
     pgtide.stop().await?;

@@ -517,14 +517,18 @@ mod tests {
         let mut shared = NewEvent::new("tenant.y", "t", EventSource::Http, json!({}));
         shared.org_id = None;
         hub.dispatch(&Delivery::new(shared.with_seq(4)));
-        let seqs: Vec<i64> = lock(&outbox.queue)
+        assert_eq!(queued_seqs(&outbox), [1, 4]);
+    }
+
+    /// The seqs of the events waiting in an outbox.
+    fn queued_seqs(outbox: &Outbox) -> Vec<i64> {
+        lock(&outbox.queue)
             .iter()
             .filter_map(|o| match o {
                 Outgoing::Event(d) => Some(d.event.seq),
                 _ => None,
             })
-            .collect();
-        assert_eq!(seqs, [1, 4]);
+            .collect()
     }
 
     #[test]
@@ -544,14 +548,7 @@ mod tests {
         // The replay itself sent up to 5.
         hub.finish_replay(&h, 5);
         hub.dispatch(&event(7, "a"));
-        let seqs: Vec<i64> = lock(&outbox.queue)
-            .iter()
-            .filter_map(|o| match o {
-                Outgoing::Event(d) => Some(d.event.seq),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seqs, [6, 7]);
+        assert_eq!(queued_seqs(&outbox), [6, 7]);
     }
 
     #[test]
@@ -570,14 +567,7 @@ mod tests {
         for seq in 7..=9 {
             hub.dispatch(&event(seq, "a"));
         }
-        let seqs: Vec<i64> = lock(&outbox.queue)
-            .iter()
-            .filter_map(|o| match o {
-                Outgoing::Event(d) => Some(d.event.seq),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seqs, [9]);
+        assert_eq!(queued_seqs(&outbox), [9]);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`registry`]: topics, versioned JSON Schemas, compatibility, validators.
 //! - [`dead_letters`]: what could not become an event, with the reason.
 //! - [`webhooks`]: endpoints, the durable delivery queue and its fan-out cursors, attempts.
+//! - [`webhook_rate`]: the endpoints' rate-limit token buckets, shared by every node.
 //!
 //! Every write that assigns `seq` takes the `seq_counter` row lock until it
 //! commits, so commits happen in `seq` order and `seq > N` readers miss nothing.
@@ -19,6 +20,7 @@ pub mod migrate;
 pub mod notify;
 pub mod progress;
 pub mod registry;
+pub mod webhook_rate;
 pub mod webhooks;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};

@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "commit_notify",
         include_str!("../../../sql/005_commit_notify.sql"),
     ),
+    (
+        6,
+        "webhook_rate",
+        include_str!("../../../sql/006_webhook_rate.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.

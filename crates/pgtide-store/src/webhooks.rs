@@ -9,7 +9,9 @@
 //! lease (`claim`, `locked_until`) while they send; a worker that dies leaves
 //! the lease to expire, and the row is claimed again. Delivered rows are
 //! deleted; rows that ran out of retries stay as `dead`, pointed at by their
-//! dead letter, so a retry can put them back in the queue.
+//! dead letter, so a retry can put them back in the queue. A rate-limited
+//! endpoint's claim takes its tokens from the shared bucket
+//! ([`crate::webhook_rate`]) in the claim's own transaction.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,7 +23,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Row;
 
 use crate::events::{COLUMNS, event_from_row};
-use crate::{Result, Store, StoreError};
+use crate::{Result, Store, StoreError, webhook_rate};
 
 /// How deliveries are signed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +212,9 @@ pub struct Claim {
     pub deliveries: Vec<ClaimedDelivery>,
     /// When nothing (more) is due: how long until something may be.
     pub next_due: Option<Duration>,
+    /// When due deliveries wait for the endpoint's rate limit: how long until
+    /// its next token. Exact, since every node draws from the same bucket.
+    pub throttled: Option<Duration>,
 }
 
 /// How to claim for one endpoint.
@@ -221,6 +226,9 @@ pub struct ClaimMode {
     pub ordered: bool,
     pub batch: Option<BatchConfig>,
     pub lease: Duration,
+    /// Take a token per message (one per row, or one per batch) from the
+    /// endpoint's shared bucket, and claim only as many messages as granted.
+    pub rate_limited: bool,
 }
 
 /// What became of an attempt.
@@ -350,7 +358,9 @@ impl Store {
         webhook_from_row(&row)
     }
 
-    /// Replaces an endpoint's configuration (the cursor and queue stay).
+    /// Replaces an endpoint's configuration (the cursor and queue stay). A
+    /// changed `rate_limit` needs nothing more: every take reads the stored
+    /// limit and caps the bucket at its burst ([`crate::webhook_rate`]).
     pub async fn update_webhook(
         &self,
         id: &str,
@@ -502,6 +512,7 @@ impl Store {
             claim,
             deliveries: Vec::new(),
             next_due,
+            throttled: None,
         };
         if mode.ordered {
             // One claimer at a time decides what the head is.
@@ -570,7 +581,25 @@ impl Store {
                 return Ok(nothing(duration_from_secs(Some(max_age - oldest_age))));
             }
         }
-        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        if mode.rate_limited {
+            // Taken here, with the rows locked, so that only claimed messages
+            // spend tokens and nothing has to be given back. The bucket row
+            // stays locked until this transaction ends: claims of the same
+            // endpoint on other nodes queue behind it for a moment.
+            let messages = if mode.batch.is_some() { 1 } else { ids.len() };
+            let wanted = u32::try_from(messages).unwrap_or(u32::MAX);
+            let taken = webhook_rate::take(&tx, webhook_id, wanted).await?;
+            if taken.granted == 0 {
+                return Ok(Claim {
+                    throttled: Some(taken.wait.unwrap_or(Duration::ZERO)),
+                    ..nothing(None)
+                });
+            }
+            if mode.batch.is_none() {
+                ids.truncate(taken.granted as usize);
+            }
+        }
         let claimed = tx
             .query(
                 &format!(
@@ -606,6 +635,7 @@ impl Store {
             claim,
             deliveries,
             next_due: None,
+            throttled: None,
         })
     }
 

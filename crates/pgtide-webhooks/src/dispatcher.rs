@@ -4,7 +4,9 @@
 //! node's concurrency and the rate limit allow), send (spawned, bounded) and
 //! record (the attempt, then delete, reschedule or dead-letter). Several
 //! nodes run the same loops over the same queue; `SKIP LOCKED` claims and
-//! leases keep them from sending a row twice while its worker lives.
+//! leases keep them from sending a row twice while its worker lives, and a
+//! rate-limited endpoint's claims draw from one token bucket in the store,
+//! so the nodes together keep to its limit.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::backoff::{self, Next};
-use crate::rate::TokenBucket;
 use crate::sender::{Attempt, Outgoing, Sender};
 
 /// How the dispatcher runs on this node.
@@ -276,21 +277,19 @@ impl Dispatcher {
         if free == 0 || (busy && free < state.capacity.div_ceil(4)) {
             return Some(poll);
         }
-        let now = Instant::now();
-        let tokens = match &mut state.bucket {
-            Some(b) => b.available(now) as usize,
-            None => usize::MAX,
-        };
-        if tokens == 0 {
-            let wait = state.bucket.as_mut().map_or(poll, |b| b.wait(now));
-            return Some(wait);
-        }
         let spec = &webhook.spec;
+        // A claim is never granted more tokens than the burst, so it need
+        // not lock more rows than that.
+        let most = match &spec.rate_limit {
+            Some(r) => free.min(r.burst.unwrap_or(1).max(1) as usize),
+            None => free,
+        };
         let mode = ClaimMode {
-            limit: free.min(tokens) as i64,
+            limit: most as i64,
             ordered: spec.ordered,
             batch: spec.batch,
             lease: webhook.lease(),
+            rate_limited: spec.rate_limit.is_some(),
         };
         let claim = match self.store.claim_deliveries(&webhook.id, mode).await {
             Ok(c) => c,
@@ -299,6 +298,10 @@ impl Dispatcher {
                 return Some(Duration::from_secs(1));
             }
         };
+        if let Some(wait) = claim.throttled {
+            // The shared bucket's own answer: no node gets a token sooner.
+            return Some(wait);
+        }
         if claim.deliveries.is_empty() {
             return Some(claim.next_due.map_or(poll, |d| d.min(poll)));
         }
@@ -308,9 +311,6 @@ impl Dispatcher {
             claim.deliveries.into_iter().map(|d| vec![d]).collect()
         };
         for message in messages {
-            if let Some(b) = &mut state.bucket {
-                b.take(1, Instant::now());
-            }
             let (Ok(mine), Ok(node)) = (
                 state.permits.clone().acquire_owned().await,
                 global.clone().acquire_owned().await,
@@ -448,7 +448,6 @@ impl Dispatcher {
 struct EndpointState {
     permits: Arc<Semaphore>,
     capacity: usize,
-    bucket: Option<TokenBucket>,
 }
 
 impl EndpointState {
@@ -461,11 +460,6 @@ impl EndpointState {
         EndpointState {
             permits: Arc::new(Semaphore::new(n)),
             capacity: n,
-            bucket: webhook
-                .spec
-                .rate_limit
-                .as_ref()
-                .map(|l| TokenBucket::new(l, Instant::now())),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Webhook delivery: events from the store's queue to HTTP endpoints,
-//! signed, retried, rate limited, and never to a private address unless told.
+//! signed, retried, rate limited (by the store's shared token buckets), and
+//! never to a private address unless told.
 //!
 //! Layout:
 //! - [`signature`]: the `X-Pgtide-Signature` and Standard Webhooks signatures, secrets.
 //! - [`backoff`]: the retry schedule (2, 4, 8 … s, capped, with jitter).
-//! - [`rate`]: the per-endpoint token bucket.
 //! - [`guard`]: which addresses are refused, checked at create and after DNS.
 //! - [`sender`]: one HTTP attempt: headers, signature, timeout, no redirects.
 //! - [`dispatcher`]: the loop per endpoint: fan-out, claim, send, record.
@@ -12,7 +12,6 @@
 pub mod backoff;
 pub mod dispatcher;
 pub mod guard;
-pub mod rate;
 pub mod sender;
 pub mod signature;
 

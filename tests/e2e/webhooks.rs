@@ -1,8 +1,9 @@
 //! Webhooks end to end: a real HTTP receiver on 127.0.0.1 that checks the
 //! signatures with its own HMAC code (and with the Standard Webhooks reference
 //! library), retries on the backoff schedule, dead letters and their retry,
-//! rate limits, ordering, batching, the private-address guard, and `kill -9`
-//! of pgtide in the middle of deliveries.
+//! rate limits (the shared bucket's SQL, and two nodes keeping to one limit),
+//! ordering, batching, the private-address guard, and `kill -9` of pgtide in
+//! the middle of deliveries.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -857,6 +858,236 @@ async fn two_nodes_share_the_queue_and_survive_one_dying() -> anyhow::Result<()>
         "{} requests for 80 events",
         rx.got.len()
     );
+    second.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// The shared bucket's SQL on its own (through the store, on a database of
+/// its own, time moved by back-dating `refilled_at`): a first take finds the
+/// bucket full at `burst`; an empty bucket grants nothing and says how long
+/// until the next token; refills follow the elapsed time and stop at the
+/// burst; a patched limit applies at the next take; concurrent takes over
+/// many connections never grant more than the bucket holds; an endpoint
+/// without a limit is granted everything and gets no row.
+#[tokio::test]
+async fn rate_tokens_are_shared_refilled_and_capped_in_the_store() -> anyhow::Result<()> {
+    use pgtide_store::Store;
+    use pgtide_store::webhooks::{RateLimit, SignatureScheme, WebhookSpec};
+
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut client = db.client().await?;
+    pgtide_store::migrate::migrate(&mut client).await?;
+    let store = Store::new(&pgtide_pg::PgConfig::parse(&db.url)?, 24)?;
+    let spec = |rate_limit: Option<RateLimit>| WebhookSpec {
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "s".into(),
+        event_types: None,
+        topics: None,
+        headers: Default::default(),
+        max_retries: 5,
+        timeout_seconds: 15,
+        rate_limit,
+        signature_scheme: SignatureScheme::Pgtide,
+        ordered: false,
+        batch: None,
+    };
+    let limit = |requests_per_period, period_seconds, burst| {
+        Some(RateLimit {
+            requests_per_period,
+            period_seconds,
+            burst,
+        })
+    };
+    let back_date = |id: String, by: &'static str| {
+        let client = &client;
+        async move {
+            let n = client
+                .execute(
+                    &format!(
+                        "UPDATE pgtide.webhook_rate SET refilled_at = refilled_at - interval '{by}'
+                         WHERE webhook_id = $1"
+                    ),
+                    &[&id],
+                )
+                .await?;
+            anyhow::ensure!(n == 1, "no bucket row for {id}");
+            anyhow::Ok(())
+        }
+    };
+
+    // 2 per second, burst 3.
+    let a = store
+        .create_webhook(None, false, &spec(limit(2, 1, Some(3))))
+        .await?;
+    let first = store.take_rate_tokens(&a.id, 5).await?;
+    assert_eq!(
+        (first.granted, first.wait),
+        (3, None),
+        "a new bucket is full"
+    );
+    let empty = store.take_rate_tokens(&a.id, 1).await?;
+    assert_eq!(empty.granted, 0);
+    let wait = empty
+        .wait
+        .context("an empty bucket says how long to wait")?;
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_millis(500),
+        "next token in {wait:?}"
+    );
+    back_date(a.id.clone(), "1 second").await?;
+    let refilled = store.take_rate_tokens(&a.id, 5).await?;
+    assert_eq!(refilled.granted, 2, "a second at 2/s refills 2 tokens");
+    back_date(a.id.clone(), "1 hour").await?;
+    assert_eq!(
+        store.take_rate_tokens(&a.id, 10).await?.granted,
+        3,
+        "an idle bucket holds no more than the burst"
+    );
+
+    // Patched to burst 1 and 1 per minute: the next take obeys both.
+    store
+        .update_webhook(&a.id, None, &spec(limit(1, 60, None)))
+        .await?;
+    back_date(a.id.clone(), "1 hour").await?;
+    assert_eq!(store.take_rate_tokens(&a.id, 10).await?.granted, 1);
+    let slow = store.take_rate_tokens(&a.id, 1).await?;
+    assert_eq!(slow.granted, 0);
+    let wait = slow.wait.context("wait")?;
+    assert!(
+        wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+        "next token in {wait:?}"
+    );
+
+    // Takes racing on 20 connections share 5 tokens (the refill, 1 per
+    // hour, adds nothing meanwhile).
+    let b = store
+        .create_webhook(None, false, &spec(limit(1, 3600, Some(5))))
+        .await?;
+    let takes = (0..20).map(|_| {
+        let store = store.clone();
+        let id = b.id.clone();
+        tokio::spawn(async move { store.take_rate_tokens(&id, 2).await })
+    });
+    let mut granted = 0;
+    for t in takes.collect::<Vec<_>>() {
+        granted += tokio::time::timeout(WAIT, t).await???.granted;
+    }
+    assert_eq!(granted, 5, "concurrent takes granted {granted} of 5 tokens");
+
+    // No limit: everything, and no bucket row.
+    let c = store.create_webhook(None, false, &spec(None)).await?;
+    assert_eq!(
+        store.take_rate_tokens(&c.id, 7).await?,
+        pgtide_store::webhook_rate::Taken {
+            granted: 7,
+            wait: None
+        }
+    );
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pgtide.webhook_rate WHERE webhook_id = $1",
+            &[&c.id],
+        )
+        .await?
+        .get(0);
+    assert_eq!(rows, 0);
+
+    // Deleting an endpoint deletes its bucket.
+    store.delete_webhook(&a.id, None).await?;
+    let rows: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pgtide.webhook_rate WHERE webhook_id = $1",
+            &[&a.id],
+        )
+        .await?
+        .get(0);
+    assert_eq!(rows, 0);
+    drop(store);
+    drop(client);
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Two nodes on one database, one endpoint limited to 5 requests a second
+/// with no burst: together they keep to the limit. Each node may send one
+/// request at a time and the receiver takes 300 ms to answer, so one node
+/// alone could not keep up 5 a second: both must deliver (the receiver sees
+/// two requests at once), yet 20 events take at least 19 × 200 ms, no two
+/// requests start much closer than 200 ms apart, and every event arrives
+/// exactly once.
+#[tokio::test]
+async fn two_nodes_share_one_rate_limit() -> anyhow::Result<()> {
+    const EVENTS: usize = 20;
+    const PER_SECOND: f64 = 5.0;
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut a = local_args(&db);
+    a.extend(["--webhook-workers".to_owned(), "1".to_owned()]);
+    let first = Pgtide::start(&a).await?;
+    let mut second = Pgtide::spawn(&a).await?;
+    second.wait_ready().await?;
+    let mut rx = Receiver::start().await?;
+    rx.behaviour.delay_ms.store(300, Ordering::SeqCst);
+    create_ok(
+        &first,
+        json!({"url": rx.url,
+               "rate_limit": {"requests_per_period": 5, "period_seconds": 1, "burst": 1}}),
+    )
+    .await?;
+    db.client()
+        .await?
+        .batch_execute(&format!(
+            "SELECT pgtide.publish('load.x', jsonb_build_object('n', g)) FROM generate_series(1, {EVENTS}) g"
+        ))
+        .await?;
+    let stored: BTreeSet<String> = first
+        .wait_events(EVENTS)
+        .await?
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(stored.len(), EVENTS);
+    rx.until(|got| got.len() >= EVENTS).await?;
+    // Anything sent twice would come within a lease; none may.
+    rx.quiet_for(Duration::from_secs(1)).await?;
+    let got: Vec<&str> = rx
+        .got
+        .iter()
+        .map(|r| r.header("x-pgtide-event-id"))
+        .collect();
+    let unique: BTreeSet<String> = got.iter().map(|s| (*s).to_owned()).collect();
+    assert_eq!(
+        got.len(),
+        EVENTS,
+        "{} requests for {EVENTS} events",
+        got.len()
+    );
+    assert_eq!(unique, stored, "every event arrives once");
+    let most = rx.behaviour.max_in_flight.load(Ordering::SeqCst);
+    assert!(
+        most >= 2,
+        "only {most} request at a time: one node sent them all"
+    );
+    // The receiver stamps a request once answered, 300 ms after it began,
+    // so the stamps keep the spacing of the starts, give or take jitter.
+    let mut at: Vec<Instant> = rx.got.iter().map(|r| r.at).collect();
+    at.sort();
+    let span = at[EVENTS - 1].duration_since(at[0]).as_secs_f64();
+    let least = (EVENTS - 1) as f64 / PER_SECOND;
+    assert!(
+        span >= least - 0.2,
+        "{EVENTS} requests at {PER_SECOND}/s over two nodes took only {span:.2}s (at least {least:.2}s)"
+    );
+    for pair in at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).as_secs_f64();
+        assert!(
+            gap >= 0.1,
+            "two requests {gap:.3}s apart with burst 1 at 5/s"
+        );
+    }
+    first.stop().await?;
     second.stop().await?;
     db.cleanup().await;
     Ok(())

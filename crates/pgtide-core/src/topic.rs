@@ -108,6 +108,27 @@ impl Pattern {
         &self.text
     }
 
+    /// The leading literal segments, dotted (`orders.eu` of `orders.eu.*`;
+    /// empty when the pattern starts with a wildcard). Every topic the
+    /// pattern matches starts with these segments, so subscriptions can be
+    /// indexed by them.
+    pub fn literal_prefix(&self) -> &str {
+        let literals = self
+            .segments
+            .iter()
+            .take_while(|s| matches!(s, Segment::Literal(_)))
+            .count();
+        match literals {
+            0 => "",
+            n if n == self.segments.len() => &self.text,
+            n => self
+                .text
+                .match_indices('.')
+                .nth(n - 1)
+                .map_or(&self.text, |(i, _)| &self.text[..i]),
+        }
+    }
+
     /// True when this pattern is `**`, matching every topic.
     pub fn matches_all(&self) -> bool {
         matches!(self.segments.as_slice(), [Segment::OneOrMore])
@@ -312,6 +333,13 @@ mod tests {
         );
         assert_eq!(Pattern::parse("jobs/**").unwrap().as_str(), "jobs.**");
         assert!(Pattern::parse("**").unwrap().matches_all());
+        let prefix = |p: &str| Pattern::parse(p).unwrap().literal_prefix().to_owned();
+        assert_eq!(prefix("orders.eu.*"), "orders.eu");
+        assert_eq!(prefix("orders.**"), "orders");
+        assert_eq!(prefix("orders.*.created"), "orders");
+        assert_eq!(prefix("orders.created"), "orders.created");
+        assert_eq!(prefix("*.created"), "");
+        assert_eq!(prefix("**"), "");
     }
 
     fn covers(a: &str, b: &str) -> bool {

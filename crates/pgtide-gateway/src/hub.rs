@@ -7,13 +7,15 @@
 //! is dropped and a `meta.ws` notice counts the drops; notices are never dropped.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
+use axum::extract::ws::Utf8Bytes;
 use pgtide_core::{Event, Pattern, format_ts};
 use pgtide_store::{EventQuery, Store};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -21,20 +23,45 @@ use tokio_util::sync::CancellationToken;
 /// Bound of each connection's queue.
 pub const OUTBOX_CAPACITY: usize = 256;
 
-/// An event serialized once, shared by every subscriber it goes to.
+/// An event serialized once, shared by every subscriber it goes to: a
+/// clone is one reference count, and no recipient serializes it again.
 #[derive(Debug, Clone)]
-pub struct Delivery {
-    pub event: Arc<Event>,
-    pub json: Arc<str>,
+pub struct Delivery(Arc<Prepared>);
+
+#[derive(Debug)]
+struct Prepared {
+    event: Event,
+    /// The envelope as a WebSocket text frame's payload.
+    json: Utf8Bytes,
+    /// The same JSON as Socket.IO emits it, made on first use.
+    raw: OnceLock<Option<Box<RawValue>>>,
 }
 
 impl Delivery {
     pub fn new(event: Event) -> Delivery {
-        let json: Arc<str> = serde_json::to_string(&event).unwrap_or_default().into();
-        Delivery {
-            event: Arc::new(event),
+        let json = serde_json::to_string(&event).unwrap_or_default().into();
+        Delivery(Arc::new(Prepared {
+            event,
             json,
-        }
+            raw: OnceLock::new(),
+        }))
+    }
+
+    pub fn event(&self) -> &Event {
+        &self.0.event
+    }
+
+    /// The serialized envelope (a WebSocket frame's payload, shared).
+    pub fn json(&self) -> Utf8Bytes {
+        self.0.json.clone()
+    }
+
+    /// The serialized envelope as a JSON value to embed verbatim.
+    pub fn raw_json(&self) -> Option<&RawValue> {
+        self.0
+            .raw
+            .get_or_init(|| RawValue::from_string(self.0.json.as_str().to_owned()).ok())
+            .as_deref()
     }
 }
 
@@ -51,9 +78,11 @@ pub enum Outgoing {
 /// A connection's bounded queue with drop-oldest.
 #[derive(Debug, Default)]
 pub struct Outbox {
-    queue: Mutex<VecDeque<Outgoing>>,
+    queue: Mutex<Queue>,
     notify: Notify,
     room: Notify,
+    /// Subscriptions in the hub that feed this outbox.
+    subscriptions: AtomicUsize,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -64,21 +93,22 @@ impl Outbox {
         let mut dropped = 0;
         {
             let mut q = lock(&self.queue);
-            let events = q.iter().filter(|o| matches!(o, Outgoing::Event(_))).count();
-            if events >= OUTBOX_CAPACITY {
-                if let Some(i) = q.iter().position(|o| matches!(o, Outgoing::Event(_))) {
-                    q.remove(i);
+            if q.events >= OUTBOX_CAPACITY {
+                if let Some(i) = q.items.iter().position(|o| matches!(o, Outgoing::Event(_))) {
+                    q.items.remove(i);
+                    q.events -= 1;
                     dropped = 1;
                 }
-                match q.iter_mut().rev().find_map(|o| match o {
+                match q.items.iter_mut().rev().find_map(|o| match o {
                     Outgoing::Dropped(n) => Some(n),
                     _ => None,
                 }) {
                     Some(n) => *n += dropped,
-                    None => q.push_back(Outgoing::Dropped(dropped)),
+                    None => q.items.push_back(Outgoing::Dropped(dropped)),
                 }
             }
-            q.push_back(Outgoing::Event(delivery));
+            q.items.push_back(Outgoing::Event(delivery));
+            q.events += 1;
         }
         self.notify.notify_one();
         dropped
@@ -86,18 +116,21 @@ impl Outbox {
 
     /// Queues a frame that is never dropped (replies).
     pub fn push_frame(&self, frame: impl Into<Arc<str>>) {
-        lock(&self.queue).push_back(Outgoing::Frame(frame.into()));
+        lock(&self.queue)
+            .items
+            .push_back(Outgoing::Frame(frame.into()));
         self.notify.notify_one();
     }
 
     /// Everything queued, oldest first; waits while empty. `None` once closed.
-    pub async fn drain(&self) -> Option<Vec<Outgoing>> {
+    pub async fn drain(&self) -> Option<VecDeque<Outgoing>> {
         loop {
             let notified = self.notify.notified();
             {
                 let mut q = lock(&self.queue);
-                if !q.is_empty() {
-                    let all = q.drain(..).collect();
+                if !q.items.is_empty() {
+                    let all = std::mem::take(&mut q.items);
+                    q.events = 0;
                     self.room.notify_waiters();
                     return Some(all);
                 }
@@ -128,12 +161,20 @@ impl Outbox {
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.queue).len()
+        lock(&self.queue).items.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// An outbox's items, with its events counted (the bound is on events;
+/// replies and notices are never dropped).
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Outgoing>,
+    events: usize,
 }
 
 /// The `meta.ws` notice frame.
@@ -228,10 +269,10 @@ impl Subscription {
     /// Offers an event; `seen` holds the outboxes this event already went to,
     /// so a connection whose subscriptions overlap gets it once.
     fn offer(&self, delivery: &Delivery, seen: &mut Vec<*const Outbox>) {
-        if !self.pattern.matches(&delivery.event.topic)
-            || delivery.event.seq <= self.replayed_through.load(Ordering::Acquire)
-            || !self.visibility.may_see(delivery.event.org_id)
-            || !self.filter.matches(&delivery.event)
+        if !self.pattern.matches(&delivery.event().topic)
+            || delivery.event().seq <= self.replayed_through.load(Ordering::Acquire)
+            || !self.visibility.may_see(delivery.event().org_id)
+            || !self.filter.matches(delivery.event())
         {
             return;
         }
@@ -242,11 +283,15 @@ impl Subscription {
                 return;
             }
         }
-        let outbox = Arc::as_ptr(&self.outbox);
-        if seen.contains(&outbox) {
-            return;
+        // Only a connection with overlapping subscriptions can be offered an
+        // event twice; the others skip the (quadratic) check.
+        if self.outbox.subscriptions.load(Ordering::Relaxed) > 1 {
+            let outbox = Arc::as_ptr(&self.outbox);
+            if seen.contains(&outbox) {
+                return;
+            }
+            seen.push(outbox);
         }
-        seen.push(outbox);
         let n = self.outbox.push_event(delivery.clone());
         if n > 0 {
             self.dropped.fetch_add(n, Ordering::Relaxed);
@@ -254,21 +299,46 @@ impl Subscription {
     }
 }
 
-/// Subscriptions indexed by the pattern's first segment.
+/// Subscriptions indexed by their pattern's literal prefix (`fan.3` of
+/// `fan.3.*`; empty for `*.x` and `**`). An event is offered only to the
+/// buckets of its topic's prefixes (`""`, `fan`, `fan.3`, `fan.3.tick`), so
+/// 10,000 subscribers of other topics cost it nothing.
 #[derive(Default)]
 struct Index {
-    by_first: HashMap<String, Vec<(u64, Arc<Subscription>)>>,
-    wildcard_first: Vec<(u64, Arc<Subscription>)>,
+    by_prefix: HashMap<String, Vec<(u64, Arc<Subscription>)>>,
 }
 
 impl Index {
     fn bucket(&mut self, pattern: &Pattern) -> &mut Vec<(u64, Arc<Subscription>)> {
-        let first = pattern.as_str().split('.').next().unwrap_or("");
-        if first == "*" || first == "**" {
-            &mut self.wildcard_first
-        } else {
-            self.by_first.entry(first.to_owned()).or_default()
+        self.by_prefix
+            .entry(pattern.literal_prefix().to_owned())
+            .or_default()
+    }
+
+    /// Whether the subscription was there.
+    fn remove(&mut self, pattern: &Pattern, id: u64) -> bool {
+        let prefix = pattern.literal_prefix();
+        let Some(bucket) = self.by_prefix.get_mut(prefix) else {
+            return false;
+        };
+        let before = bucket.len();
+        bucket.retain(|(i, _)| *i != id);
+        let removed = bucket.len() < before;
+        if bucket.is_empty() {
+            self.by_prefix.remove(prefix);
         }
+        removed
+    }
+
+    /// The buckets whose subscriptions may match `topic`.
+    fn candidates<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> impl Iterator<Item = &'a Vec<(u64, Arc<Subscription>)>> + 'a {
+        let prefixes = std::iter::once("")
+            .chain(topic.match_indices('.').map(|(i, _)| &topic[..i]))
+            .chain(std::iter::once(topic));
+        prefixes.filter_map(|p| self.by_prefix.get(p))
     }
 }
 
@@ -323,6 +393,10 @@ impl Hub {
             replayed_through: AtomicI64::new(0),
             dropped: self.dropped.clone(),
         });
+        subscription
+            .outbox
+            .subscriptions
+            .fetch_add(1, Ordering::Relaxed);
         let mut index = self
             .index
             .write()
@@ -338,9 +412,13 @@ impl Hub {
             .index
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        index
-            .bucket(&handle.subscription.pattern)
-            .retain(|(id, _)| *id != handle.id);
+        if index.remove(&handle.subscription.pattern, handle.id) {
+            handle
+                .subscription
+                .outbox
+                .subscriptions
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Ends a replay: held live events newer than `last_replayed` follow it.
@@ -353,7 +431,7 @@ impl Hub {
             .replayed_through
             .store(last_replayed, Ordering::Release);
         for d in guard.take().unwrap_or_default() {
-            if d.event.seq > last_replayed {
+            if d.event().seq > last_replayed {
                 let n = handle.subscription.outbox.push_event(d);
                 if n > 0 {
                     self.dropped.fetch_add(n, Ordering::Relaxed);
@@ -368,18 +446,14 @@ impl Hub {
             .index
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let first = delivery.event.topic.split('.').next().unwrap_or("");
         let mut seen = Vec::new();
-        if let Some(subs) = index.by_first.get(first) {
-            for (_, s) in subs {
+        for bucket in index.candidates(&delivery.event().topic) {
+            for (_, s) in bucket {
                 s.offer(delivery, &mut seen);
             }
         }
-        for (_, s) in &index.wildcard_first {
-            s.offer(delivery, &mut seen);
-        }
         self.delivered
-            .fetch_max(delivery.event.seq, Ordering::Relaxed);
+            .fetch_max(delivery.event().seq, Ordering::Relaxed);
     }
 
     /// The highest seq dispatched so far.
@@ -464,15 +538,17 @@ mod tests {
         }
         let q = lock(&outbox.queue);
         let seqs: Vec<i64> = q
+            .items
             .iter()
             .filter_map(|o| match o {
-                Outgoing::Event(d) => Some(d.event.seq),
+                Outgoing::Event(d) => Some(d.event().seq),
                 _ => None,
             })
             .collect();
         assert_eq!(seqs.len(), OUTBOX_CAPACITY);
         assert_eq!(seqs[0], 6, "the five oldest were dropped");
         let notices: Vec<u64> = q
+            .items
             .iter()
             .filter_map(|o| match o {
                 Outgoing::Dropped(n) => Some(*n),
@@ -520,12 +596,43 @@ mod tests {
         assert_eq!(queued_seqs(&outbox), [1, 4]);
     }
 
+    #[test]
+    fn prefix_index_offers_each_event_once_to_the_right_subscriptions() {
+        let hub = Hub::default();
+        let p = |s: &str| Pattern::parse(s).unwrap();
+        let sub = |pattern: &str| {
+            let outbox = Arc::new(Outbox::default());
+            let handle = hub.subscribe(p(pattern), Filter::default(), all(), outbox.clone(), false);
+            (outbox, handle)
+        };
+        let (fan3, _) = sub("fan.3.*");
+        let (exact, _) = sub("fan.3.tick");
+        let (any_tick, _) = sub("*.*.tick");
+        let (gone, gone_handle) = sub("fan.**");
+        // Overlapping subscriptions of one connection: each event once.
+        let overlapping = Arc::new(Outbox::default());
+        for pattern in ["fan.**", "fan.3.*", "**"] {
+            hub.subscribe(p(pattern), Filter::default(), all(), overlapping.clone(), false);
+        }
+        hub.unsubscribe(&gone_handle);
+        hub.dispatch(&event(1, "fan.3.tick"));
+        hub.dispatch(&event(2, "fan.30.tick"));
+        hub.dispatch(&event(3, "fan.3"));
+        hub.dispatch(&event(4, "fan.3.tock"));
+        assert_eq!(queued_seqs(&fan3), [1, 4]);
+        assert_eq!(queued_seqs(&exact), [1]);
+        assert_eq!(queued_seqs(&any_tick), [1, 2]);
+        assert!(gone.is_empty(), "unsubscribed");
+        assert_eq!(queued_seqs(&overlapping), [1, 2, 3, 4]);
+    }
+
     /// The seqs of the events waiting in an outbox.
     fn queued_seqs(outbox: &Outbox) -> Vec<i64> {
         lock(&outbox.queue)
+            .items
             .iter()
             .filter_map(|o| match o {
-                Outgoing::Event(d) => Some(d.event.seq),
+                Outgoing::Event(d) => Some(d.event().seq),
                 _ => None,
             })
             .collect()

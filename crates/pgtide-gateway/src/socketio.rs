@@ -115,7 +115,10 @@ fn connected(state: AppState, s: SocketRef, caller: Caller) {
         while let Some(batch) = outbox.drain().await {
             for item in batch {
                 let sent = match item {
-                    Outgoing::Event(d) => writer_socket.emit("event", &*d.event),
+                    Outgoing::Event(d) => match d.raw_json() {
+                        Some(raw) => writer_socket.emit("event", raw),
+                        None => writer_socket.emit("event", d.event()),
+                    },
                     Outgoing::Dropped(n) => {
                         let notice: Value =
                             serde_json::from_str(&dropped_notice(n)).unwrap_or(Value::Null);

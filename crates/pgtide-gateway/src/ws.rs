@@ -3,10 +3,9 @@
 //! echoed. Events are the envelope of §3, through the connection's bounded
 //! [`Outbox`].
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -94,17 +93,13 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     let writer = tokio::spawn(async move {
         while let Some(batch) = writer_outbox.drain().await {
             for item in batch {
-                let text: Arc<str> = match item {
-                    Outgoing::Event(d) => d.json,
-                    Outgoing::Frame(f) => f,
+                let text: Utf8Bytes = match item {
+                    Outgoing::Event(d) => d.json(),
+                    Outgoing::Frame(f) => f.as_ref().into(),
                     Outgoing::Dropped(n) => dropped_notice(n).into(),
                 };
                 // Queued, not flushed: one write for the whole batch.
-                if sink
-                    .feed(Message::Text(text.as_ref().into()))
-                    .await
-                    .is_err()
-                {
+                if sink.feed(Message::Text(text)).await.is_err() {
                     return sink;
                 }
             }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use bytes::BytesMut;
+use deadpool_postgres::ClientWrapper;
 use futures_util::pin_mut;
 use pgtide_core::{Event, EventSource, NewEvent, Pattern, format_ts};
 use serde_json::{Map, Value};
@@ -52,7 +53,7 @@ async fn reserve_seq(tx: &impl GenericClient, n: usize) -> Result<i64> {
 /// the CDC position when given, and returns the seqs they got. Uses binary COPY,
 /// the fastest way into Postgres.
 pub async fn insert_batch(
-    client: &mut tokio_postgres::Client,
+    client: &mut ClientWrapper,
     events: &[NewEvent],
     cdc: Option<CdcWrite<'_>>,
 ) -> Result<Option<StoredBatch>> {
@@ -62,6 +63,7 @@ pub async fn insert_batch(
             .await
             .map(Some);
     }
+    let client: &mut tokio_postgres::Client = client;
     let tx = client.transaction().await?;
     let batch = if events.is_empty() {
         None
@@ -94,7 +96,7 @@ const SMALL_BATCH: usize = 64;
 /// seqs (holding the counter's row lock until commit, as every writer does),
 /// save the CDC position, insert the events from parallel arrays.
 async fn insert_small_batch(
-    client: &tokio_postgres::Client,
+    client: &ClientWrapper,
     events: &[NewEvent],
     progress: Option<&CdcProgress>,
 ) -> Result<StoredBatch> {
@@ -134,25 +136,47 @@ async fn insert_small_batch(
                         AS e(id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta, n)
              RETURNING seq"
     );
-    // query_typed: parse, bind and execute in one round trip.
-    let rows = client
-        .query_typed(
+    // Prepared once per connection: planning this statement costs more
+    // than executing it. Then bind and execute are one round trip.
+    let statement = client
+        .prepare_typed_cached(
             &sql,
             &[
-                (&n, Type::INT8),
-                (&slot, Type::TEXT),
-                (&lsn, Type::TEXT),
-                (&pos, Type::INT4),
-                (&ids, Type::UUID_ARRAY),
-                (&topics, Type::TEXT_ARRAY),
-                (&types, Type::TEXT_ARRAY),
-                (&ts, Type::TIMESTAMPTZ_ARRAY),
-                (&sources, Type::TEXT_ARRAY),
-                (&data, Type::JSONB_ARRAY),
-                (&orgs, Type::INT8_ARRAY),
-                (&correlations, Type::TEXT_ARRAY),
-                (&attributes, Type::JSONB_ARRAY),
-                (&metas, Type::JSONB_ARRAY),
+                Type::INT8,
+                Type::TEXT,
+                Type::TEXT,
+                Type::INT4,
+                Type::UUID_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::TIMESTAMPTZ_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::JSONB_ARRAY,
+                Type::INT8_ARRAY,
+                Type::TEXT_ARRAY,
+                Type::JSONB_ARRAY,
+                Type::JSONB_ARRAY,
+            ],
+        )
+        .await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &n,
+                &slot,
+                &lsn,
+                &pos,
+                &ids,
+                &topics,
+                &types,
+                &ts,
+                &sources,
+                &data,
+                &orgs,
+                &correlations,
+                &attributes,
+                &metas,
             ],
         )
         .await?;

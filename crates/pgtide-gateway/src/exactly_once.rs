@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Caller;
 use crate::hub::Filter;
-use crate::ws::{MAX_FRAME, TokenQuery};
+use crate::ws::{TokenQuery, linger, oversized, too_large};
 use crate::{ApiError, AppState};
 
 const DEFAULT_MAX_IN_FLIGHT: usize = 100;
@@ -141,7 +141,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     let mut active: Option<Active> = None;
     let mut committed = state.store.committed_seq();
     let mut poll = tokio::time::interval(Duration::from_millis(200));
-    let mut close: Option<CloseFrame> = None;
+    let mut close: Option<(CloseFrame, bool)> = None;
     loop {
         if let Some(a) = active.as_mut()
             && let Err(e) = fill(&state, &caller, a, &mut sink).await
@@ -158,10 +158,8 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
         tokio::select! {
             message = stream.next() => {
                 let Some(Ok(message)) = message else {
-                    if let Some(Err(e)) = message
-                        && e.to_string().to_lowercase().contains("too long")
-                    {
-                        close = Some(CloseFrame { code: 1009, reason: format!("frame larger than {MAX_FRAME} bytes").into() });
+                    if let Some(Err(e)) = message {
+                        close = oversized(&e).map(|drain| (too_large(), drain));
                     }
                     break;
                 };
@@ -182,7 +180,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
                 }
             }
             _ = taken_over => {
-                close = Some(CloseFrame { code: 4409, reason: "another connection took over this consumer".into() });
+                close = Some((CloseFrame { code: 4409, reason: "another connection took over this consumer".into() }, false));
                 break;
             }
             _ = committed.changed() => {}
@@ -192,8 +190,11 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     if let Some(a) = &active {
         state.exactly_once.release(&a.name, a.holder);
     }
-    if let Some(frame) = close {
+    if let Some((frame, drain)) = close {
         let _ = sink.send(Message::Close(Some(frame))).await;
+        if drain {
+            linger(&mut stream).await;
+        }
     }
     let _ = sink.close().await;
     state.hub.connections.fetch_sub(1, Ordering::Relaxed);

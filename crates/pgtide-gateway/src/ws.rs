@@ -4,11 +4,13 @@
 //! [`Outbox`].
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use pgtide_core::EventSource;
 use serde::Deserialize;
@@ -22,6 +24,48 @@ use crate::{ApiError, AppState};
 
 /// Largest frame accepted; larger ones close the connection with 1009.
 pub const MAX_FRAME: usize = 1024 * 1024;
+
+/// Frames up to this size are read whole, so that one over [`MAX_FRAME`] is
+/// refused with 1009 and the connection still closes cleanly (the client
+/// reads the close frame rather than a reset of its unfinished send); larger
+/// frames are cut off at once rather than buffered.
+const READ_FRAME_LIMIT: usize = 2 * MAX_FRAME;
+
+/// How long a refused connection goes on reading (and discarding) after its
+/// close frame, waiting for the client's close.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Whether a read error is a message over [`MAX_FRAME`]: `Some(true)` when
+/// it was read whole and the stream can still be read to a clean close,
+/// `Some(false)` when it was larger still and was cut off.
+pub(crate) fn oversized(e: &axum::Error) -> Option<bool> {
+    let text = e.to_string().to_lowercase();
+    if !(text.contains("too long") || text.contains("too big")) {
+        return None;
+    }
+    Some(!text.contains(&format!("> {READ_FRAME_LIMIT}")))
+}
+
+/// The close frame for a message over [`MAX_FRAME`].
+pub(crate) fn too_large() -> CloseFrame {
+    CloseFrame {
+        code: 1009,
+        reason: format!("frame larger than {MAX_FRAME} bytes").into(),
+    }
+}
+
+/// After a close frame: reads and discards until the client's close, the
+/// end of the stream, an error or [`LINGER`], so the client sees the close.
+pub(crate) async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
 
 /// Each connection's read buffer. tungstenite fills its whole capacity on
 /// every read (128 KiB by default), which made an idle connection cost
@@ -69,7 +113,7 @@ where
     Ok(ws
         .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_FRAME)
-        .max_frame_size(MAX_FRAME)
+        .max_frame_size(READ_FRAME_LIMIT)
         .on_upgrade(move |socket| serve(state, caller, socket))
         .into_response())
 }
@@ -109,7 +153,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
         }
         sink
     });
-    let mut close: Option<CloseFrame> = None;
+    let mut close: Option<(CloseFrame, bool)> = None;
     let mut transactions = Transactions::default();
     while let Some(message) = stream.next().await {
         match message {
@@ -126,13 +170,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
             Ok(Message::Close(_)) => break,
             Ok(Message::Ping(_) | Message::Pong(_)) => {}
             Err(e) => {
-                let text = e.to_string().to_lowercase();
-                if text.contains("too long") || text.contains("too big") {
-                    close = Some(CloseFrame {
-                        code: 1009,
-                        reason: format!("frame larger than {MAX_FRAME} bytes").into(),
-                    });
-                }
+                close = oversized(&e).map(|drain| (too_large(), drain));
                 tracing::debug!(error = %e, "websocket read ended");
                 break;
             }
@@ -141,8 +179,11 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     transactions.close().await;
     session.close();
     if let Ok(mut sink) = writer.await {
-        if let Some(frame) = close {
+        if let Some((frame, drain)) = close {
             let _ = sink.send(Message::Close(Some(frame))).await;
+            if drain {
+                linger(&mut stream).await;
+            }
         }
         let _ = sink.close().await;
     }

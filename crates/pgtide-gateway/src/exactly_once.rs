@@ -417,7 +417,7 @@ async fn fill(
         }
     }
     let visibility = caller.visibility();
-    let mut sent_up_to = a.fetched;
+    let mut recorded = a.delivered_before;
     while a.in_flight.len() < a.max_in_flight {
         let room = (a.max_in_flight - a.in_flight.len()) as i64;
         let query = EventQuery {
@@ -435,17 +435,30 @@ async fn fill(
             }
         };
         let n = events.len() as i64;
-        for event in events {
-            a.fetched = event.seq;
-            if a.acked_above.contains(&event.seq)
-                || !visibility.may_see(event.org_id)
-                || !a.filter.matches(&event)
-            {
-                continue;
+        let fetched = events.last().map_or(a.fetched, |e| e.seq);
+        let events: Vec<Event> = events
+            .into_iter()
+            .filter(|e| {
+                !a.acked_above.contains(&e.seq)
+                    && visibility.may_see(e.org_id)
+                    && a.filter.matches(e)
+            })
+            .collect();
+        // Recorded before sending: after a crash, whatever the client may have
+        // received is marked `redelivered` when sent again.
+        if let Some(last) = events.last()
+            && last.seq > recorded
+        {
+            if let Err(e) = state.store.consumer_delivered(&a.name, last.seq).await {
+                tracing::warn!(error = %e, "exactly-once delivery mark failed");
+                break;
             }
+            recorded = last.seq;
+        }
+        a.fetched = fetched;
+        for event in events {
             let redelivered = event.seq <= a.delivered_before;
             sink.send(envelope(&event, redelivered)).await?;
-            sent_up_to = sent_up_to.max(event.seq);
             a.in_flight.insert(
                 event.seq,
                 InFlight {
@@ -470,9 +483,6 @@ async fn fill(
             a.acked_seq = floor;
             a.acked_above.retain(|s| *s > floor);
         }
-    }
-    if sent_up_to > a.delivered_before {
-        let _ = state.store.consumer_delivered(&a.name, sent_up_to).await;
     }
     Ok(())
 }

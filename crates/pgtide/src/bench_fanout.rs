@@ -26,10 +26,14 @@
 //! under the same offered load; pgtide's figures include its store commit.
 //!
 //! Finally (`pgtide-ws` or `all`), `--e2e-subscribers` `/ws` clients subscribe
-//! to a captured table's default topics while rows are inserted at
+//! to a mapped table's topics `bench.e2e.<k>` while rows are inserted at
 //! `--e2e-rate` per second (one autocommit INSERT each, over a few
-//! connections); each row carries its scheduled insert time, so row commit →
-//! client latency is measured from slightly before the commit.
+//! connections). Subscribers are split into groups of `--e2e-fanout`, one
+//! group per key `k`, and rows take the keys in turn: with the default of 1
+//! each row reaches the one subscriber it belongs to (a per-user feed); with
+//! `--e2e-fanout` equal to `--e2e-subscribers` every row reaches everyone.
+//! Each row carries its scheduled insert time, so row commit → client latency
+//! is measured from slightly before the commit.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -66,6 +70,16 @@ const RATIO_TARGET: f64 = 3.0;
 const WAIT: Duration = Duration::from_secs(60);
 /// The table whose inserts the end-to-end phase measures.
 const E2E_TABLE: &str = "bench_e2e";
+/// Rows of the end-to-end table become events on their key's topic.
+const E2E_MAPPING: &str = r#"mappings:
+  - name: bench-e2e
+    table: public.bench_e2e
+    operations: [insert]
+    topic: "bench.e2e.{{ new.k }}"
+    payload:
+      t: new.t
+      p: new.p
+"#;
 /// Connections the end-to-end rows are inserted over.
 const E2E_WRITERS: usize = 8;
 /// Connections opened at once.
@@ -119,9 +133,13 @@ pub struct FanoutBenchArgs {
     /// Rows per second in the end-to-end phase (0 skips it).
     #[arg(long, env = "PGTIDE_BENCH_E2E_RATE", default_value_t = 1000)]
     pub e2e_rate: u32,
-    /// `/ws` subscribers of the captured table in the end-to-end phase.
+    /// `/ws` subscribers of the mapped table in the end-to-end phase.
     #[arg(long, env = "PGTIDE_BENCH_E2E_SUBSCRIBERS", default_value_t = 1000)]
     pub e2e_subscribers: usize,
+    /// Subscribers each row reaches (they share its key); must divide
+    /// --e2e-subscribers.
+    #[arg(long, env = "PGTIDE_BENCH_E2E_FANOUT", default_value_t = 1)]
+    pub e2e_fanout: usize,
     /// Benchmark on this server (a superuser libpq URL, wal_level=logical)
     /// instead of a throwaway local one.
     #[arg(long, env = "PGTIDE_BENCH_DATABASE_URL")]
@@ -161,6 +179,9 @@ fn validate(args: &FanoutBenchArgs) -> anyhow::Result<()> {
     }
     if args.e2e_rate > 0 && args.e2e_subscribers == 0 {
         bail!("--e2e-subscribers must be at least 1 (or skip the phase with --e2e-rate 0)");
+    }
+    if args.e2e_fanout == 0 || !args.e2e_subscribers.is_multiple_of(args.e2e_fanout) {
+        bail!("--e2e-fanout must be a positive divisor of --e2e-subscribers");
     }
     Ok(())
 }
@@ -270,10 +291,12 @@ async fn bench(
     drop(admin);
     let db = server.admin.with_dbname(&names.database).connect().await?;
     db.batch_execute(&format!(
-        "CREATE TABLE public.{E2E_TABLE} (id bigserial PRIMARY KEY, t int8 NOT NULL, p int4 NOT NULL, pad text NOT NULL)"
+        "CREATE TABLE public.{E2E_TABLE} (id bigserial PRIMARY KEY, k int4 NOT NULL, t int8 NOT NULL, p int4 NOT NULL, pad text NOT NULL)"
     ))
     .await
     .context("creating the end-to-end table")?;
+    std::fs::write(work.join("mappings").join("bench_e2e.yaml"), E2E_MAPPING)
+        .context("writing the end-to-end mapping")?;
     let pgtide = PgtideCommand {
         database: server.url(&names.database),
         store: server.url(&names.store_database),
@@ -341,7 +364,6 @@ impl PgtideCommand {
             .args(["--slot", &self.slot, "--publication", &self.slot])
             .arg("--mappings")
             .arg(self.work.join("mappings"))
-            .args(["--capture", &format!("public.{E2E_TABLE}")])
             .args(["--insecure-no-auth", "--listen", "127.0.0.1:0"])
             .env("PGTIDE_LOG", "warn");
         let log = self.work.join(format!("pgtide-{label}.log"));
@@ -1267,6 +1289,7 @@ impl CpuSample {
 /// What the end-to-end phase measured.
 struct EndToEnd {
     subscribers: usize,
+    fanout: usize,
     rate: u32,
     rows: u64,
     achieved_rate: f64,
@@ -1280,8 +1303,9 @@ struct EndToEnd {
     cpu: Cpu,
 }
 
-/// Row commit → `/ws` client: `--e2e-subscribers` clients on the captured
-/// table's default topics, rows inserted one per transaction at `--e2e-rate`.
+/// Row commit → `/ws` client: `--e2e-subscribers` clients on the mapped
+/// table's key topics, rows inserted one per transaction at `--e2e-rate`,
+/// each reaching the `--e2e-fanout` subscribers of its key.
 async fn end_to_end(
     args: &FanoutBenchArgs,
     mut server: ServerProcess,
@@ -1292,13 +1316,14 @@ async fn end_to_end(
     let stats = Arc::new(Stats::new()?);
     let mut readers = JoinSet::new();
     let url = Proto::Ws.url(&server.addr);
-    let pattern = format!("tables.{E2E_TABLE}.*");
+    let keys = args.e2e_subscribers / args.e2e_fanout;
     let measured = async {
         let bar = progress_bar(args.e2e_subscribers as u64, "e2e");
         let resent = AtomicU64::new(0);
         let mut opening = futures_util::stream::iter(0..args.e2e_subscribers)
             .map(|i| {
-                let (url, pattern) = (url.clone(), pattern.clone());
+                let url = url.clone();
+                let pattern = format!("bench.e2e.{}", i % keys);
                 let resent = &resent;
                 async move { (i, subscriber(&url, Proto::Ws, &pattern, resent).await) }
             })
@@ -1311,13 +1336,16 @@ async fn end_to_end(
         bar.finish_and_clear();
         drop(opening);
         let insert_sql = format!(
-            "INSERT INTO public.{E2E_TABLE} (t, p, pad) VALUES ($1::int8, $2::int4, md5($1::int8::text))"
+            "INSERT INTO public.{E2E_TABLE} (k, t, p, pad) VALUES ($3::int4, $1::int8, $2::int4, md5($1::int8::text))"
         );
-        let insert = db
-            .prepare(&insert_sql)
+        // One row per key, until the slot streams and a row reaches every subscriber.
+        let insert_round = db
+            .prepare(&format!(
+                "INSERT INTO public.{E2E_TABLE} (k, t, p, pad)
+                 SELECT g, $1::int8, $2::int4, md5($1::int8::text) FROM generate_series(0, {keys} - 1) g"
+            ))
             .await
-            .context("preparing the end-to-end insert")?;
-        // Rows until the slot streams and one reaches every subscriber.
+            .context("preparing the end-to-end warm-up insert")?;
         let warm_phase = Phase::WarmUp as i32;
         let mut warm = 0u64;
         let deadline = Instant::now() + WAIT;
@@ -1332,7 +1360,7 @@ async fn end_to_end(
             }
             server.alive()?;
             let t = stats.base.elapsed().as_micros() as i64;
-            db.execute(&insert, &[&t, &warm_phase]).await?;
+            db.execute(&insert_round, &[&t, &warm_phase]).await?;
             warm += 1;
             tokio::time::sleep(Duration::from_millis(if warm < 10 { 10 } else { 100 })).await;
         }
@@ -1352,7 +1380,7 @@ async fn end_to_end(
             subscribers = args.e2e_subscribers,
             "measuring row commit -> client latency"
         );
-        let bar = progress_bar(rows * args.e2e_subscribers as u64, "e2e");
+        let bar = progress_bar(rows * args.e2e_fanout as u64, "e2e");
         let monitor = monitor(stats.clone(), Phase::EndToEnd, bar.clone());
         let phase = Phase::EndToEnd as i32;
         let mut inserts = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -1378,8 +1406,9 @@ async fn end_to_end(
                     let (client, statement) = &writers[issued as usize % E2E_WRITERS];
                     let sent = at.into_std();
                     let t = sent.saturating_duration_since(stats.base).as_micros() as i64;
+                    let key = (issued % keys as u64) as i32;
                     in_flight.push(async move {
-                        let done = client.execute(statement, &[&t, &phase]).await;
+                        let done = client.execute(statement, &[&t, &phase, &key]).await;
                         (sent, done)
                     });
                     issued += 1;
@@ -1392,7 +1421,7 @@ async fn end_to_end(
         }
         let elapsed = started.elapsed();
         let cpu = cpu_sample(server.pid, postgres_pid).since(&cpu_before);
-        let expected = rows * args.e2e_subscribers as u64;
+        let expected = rows * args.e2e_fanout as u64;
         let waited = wait_received(&stats, Phase::EndToEnd, expected, &mut server, "e2e").await;
         monitor.abort();
         bar.finish_and_clear();
@@ -1402,6 +1431,7 @@ async fn end_to_end(
         let histogram = stats.histogram(Phase::EndToEnd)?;
         anyhow::Ok(EndToEnd {
             subscribers: args.e2e_subscribers,
+            fanout: args.e2e_fanout,
             rate: args.e2e_rate,
             rows,
             achieved_rate: rows as f64 / elapsed.as_secs_f64().max(1e-9),
@@ -1573,8 +1603,12 @@ impl fmt::Display for Report {
         if let Some(e) = &self.e2e {
             writeln!(
                 f,
-                "  end to end (row INSERT scheduled -> /ws client), {} rows/s ({:.0} achieved) to {} subscribers of tables.{E2E_TABLE}.*:",
-                e.rate, e.achieved_rate, e.subscribers
+                "  end to end (row INSERT scheduled -> /ws client), {} rows/s ({:.0} achieved), {} subscribers of bench.e2e.<key>, each row to {} ({:.0} deliveries/s):",
+                e.rate,
+                e.achieved_rate,
+                e.subscribers,
+                e.fanout,
+                f64::from(e.rate) * e.fanout as f64
             )?;
             writeln!(
                 f,

@@ -464,8 +464,10 @@ impl Hub {
     /// Follows the store from its current end, dispatching every new event in
     /// `seq` order: woken by every commit this node hears of (its own, and other
     /// nodes' through the store's commit notices), polling once a second in
-    /// case a notice is lost.
+    /// case a notice is lost. This node's own commits come with their stored
+    /// rows, so they are dispatched without reading them back.
     pub async fn run_tailer(self, store: Store, shutdown: CancellationToken) {
+        store.follow_committed();
         let mut committed = store.committed_seq();
         let mut last = loop {
             match store.last_seq().await {
@@ -481,8 +483,16 @@ impl Hub {
         };
         self.delivered.store(last, Ordering::Relaxed);
         let mut poll = tokio::time::interval(Duration::from_secs(1));
+        let mut query_due = true;
         loop {
-            loop {
+            while let Some(events) = store.take_committed_after(last) {
+                for event in events {
+                    last = event.seq;
+                    self.dispatch(&Delivery::new(event));
+                }
+            }
+            while query_due || *committed.borrow_and_update() > last {
+                query_due = false;
                 let query = EventQuery {
                     after_seq: Some(last),
                     limit: 1000,
@@ -508,7 +518,7 @@ impl Hub {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = committed.changed() => {}
-                _ = poll.tick() => {}
+                _ = poll.tick() => query_due = true,
             }
         }
     }
@@ -612,7 +622,13 @@ mod tests {
         // Overlapping subscriptions of one connection: each event once.
         let overlapping = Arc::new(Outbox::default());
         for pattern in ["fan.**", "fan.3.*", "**"] {
-            hub.subscribe(p(pattern), Filter::default(), all(), overlapping.clone(), false);
+            hub.subscribe(
+                p(pattern),
+                Filter::default(),
+                all(),
+                overlapping.clone(),
+                false,
+            );
         }
         hub.unsubscribe(&gone_handle);
         hub.dispatch(&event(1, "fan.3.tick"));

@@ -49,14 +49,21 @@ async fn reserve_seq(tx: &impl GenericClient, n: usize) -> Result<i64> {
     Ok(last - n + 1)
 }
 
+/// A written batch, with the stored rows when the insert returned them (a
+/// small batch's statement does; COPY does not).
+struct Written {
+    batch: StoredBatch,
+    rows: Vec<Row>,
+}
+
 /// Writes `events` in one transaction on `client` (a dedicated connection), with
 /// the CDC position when given, and returns the seqs they got. Uses binary COPY,
 /// the fastest way into Postgres.
-pub async fn insert_batch(
+async fn insert_batch(
     client: &mut ClientWrapper,
     events: &[NewEvent],
     cdc: Option<CdcWrite<'_>>,
-) -> Result<Option<StoredBatch>> {
+) -> Result<Option<Written>> {
     let only_events = cdc.is_none_or(|c| c.relations.is_empty() && c.dead_letters.is_empty());
     if !events.is_empty() && events.len() <= SMALL_BATCH && only_events {
         return insert_small_batch(client, events, cdc.and_then(|c| c.progress))
@@ -70,9 +77,12 @@ pub async fn insert_batch(
     } else {
         let first = reserve_seq(&tx, events.len()).await?;
         copy_events(&tx, events, first).await?;
-        Some(StoredBatch {
-            first_seq: first,
-            last_seq: first + events.len() as i64 - 1,
+        Some(Written {
+            batch: StoredBatch {
+                first_seq: first,
+                last_seq: first + events.len() as i64 - 1,
+            },
+            rows: Vec::new(),
         })
     };
     if let Some(cdc) = cdc {
@@ -94,12 +104,13 @@ const SMALL_BATCH: usize = 64;
 
 /// One statement, so one round trip and an implicit transaction: take the
 /// seqs (holding the counter's row lock until commit, as every writer does),
-/// save the CDC position, insert the events from parallel arrays.
+/// save the CDC position, insert the events from parallel arrays, and return
+/// the stored rows (for the live tailer, which then need not read them back).
 async fn insert_small_batch(
     client: &ClientWrapper,
     events: &[NewEvent],
     progress: Option<&CdcProgress>,
-) -> Result<StoredBatch> {
+) -> Result<Written> {
     let n = events.len() as i64;
     let ids: Vec<uuid::Uuid> = events.iter().map(|e| uuid::Uuid::from(e.id)).collect();
     let topics: Vec<&str> = events.iter().map(|e| e.topic.as_str()).collect();
@@ -134,7 +145,7 @@ async fn insert_small_batch(
                            $10::jsonb[], $11::int8[], $12::text[], $13::jsonb[], $14::jsonb[])
                         WITH ORDINALITY
                         AS e(id, topic, type, ts, source, data, org_id, correlation_id, attributes, meta, n)
-             RETURNING seq"
+             RETURNING {COLUMNS}"
     );
     // Prepared once per connection: planning this statement costs more
     // than executing it. Then bind and execute are one round trip.
@@ -185,9 +196,12 @@ async fn insert_small_batch(
         .map(|r| r.get::<_, i64>(0))
         .min()
         .ok_or_else(|| StoreError::Invalid("no events were stored".into()))?;
-    Ok(StoredBatch {
-        first_seq,
-        last_seq: first_seq + n - 1,
+    Ok(Written {
+        batch: StoredBatch {
+            first_seq,
+            last_seq: first_seq + n - 1,
+        },
+        rows,
     })
 }
 
@@ -361,11 +375,28 @@ impl Store {
     /// COPY when many) and wakes live readers; returns the first seq.
     async fn write_published(&self, events: &[NewEvent]) -> Result<i64> {
         let mut client = self.pool.get().await?;
-        let batch = insert_batch(&mut client, events, None)
+        let written = insert_batch(&mut client, events, None)
             .await?
             .ok_or_else(|| StoreError::Invalid("no events to publish".into()))?;
-        self.note_committed(batch.last_seq);
-        Ok(batch.first_seq)
+        Ok(self.committed(written).first_seq)
+    }
+
+    /// After a commit: keeps the stored rows for the live tailer (when one
+    /// follows), then wakes live readers.
+    fn committed(&self, written: Written) -> StoredBatch {
+        if !written.rows.is_empty() && self.live.is_following() {
+            let mut events: Vec<Event> = written
+                .rows
+                .iter()
+                .filter_map(|row| event_from_row(row).ok())
+                .collect();
+            events.sort_unstable_by_key(|e| e.seq);
+            if events.len() == written.rows.len() {
+                self.live.keep(events);
+            }
+        }
+        self.note_committed(written.batch.last_seq);
+        written.batch
     }
 
     /// Writes a CDC batch on the pipeline's own connection and wakes live readers.
@@ -377,11 +408,8 @@ impl Store {
         events: &[NewEvent],
         cdc: CdcWrite<'_>,
     ) -> Result<Option<StoredBatch>> {
-        let batch = insert_batch(client, events, Some(cdc)).await?;
-        if let Some(b) = batch {
-            self.note_committed(b.last_seq);
-        }
-        Ok(batch)
+        let written = insert_batch(client, events, Some(cdc)).await?;
+        Ok(written.map(|w| self.committed(w)))
     }
 
     /// Events matching `query`, ascending by `seq`.

@@ -15,6 +15,7 @@
 pub mod consumers;
 pub mod dead_letters;
 pub mod events;
+mod live;
 pub mod mappings;
 pub mod migrate;
 pub mod notify;
@@ -101,6 +102,7 @@ pub struct Store {
     pool: Pool,
     config: PgConfig,
     committed: watch::Sender<i64>,
+    live: live::LiveBatches,
     schemas: SchemaCache,
     /// The publish writer, started on first use (it needs a runtime).
     publisher:
@@ -116,6 +118,7 @@ impl Store {
             pool,
             config: config.clone(),
             committed,
+            live: live::LiveBatches::default(),
             schemas: SchemaCache::default(),
             publisher: Default::default(),
         })
@@ -141,6 +144,18 @@ impl Store {
     /// The highest `seq` known committed; changes after every stored batch.
     pub fn committed_seq(&self) -> watch::Receiver<i64> {
         self.committed.subscribe()
+    }
+
+    /// From now on, keeps the batches this process commits for
+    /// [`Store::take_committed_after`] (the live delivery tailer's).
+    pub fn follow_committed(&self) {
+        self.live.follow();
+    }
+
+    /// The events committed by this process right after `seq`, as stored,
+    /// when still kept; otherwise read them with [`Store::query`].
+    pub fn take_committed_after(&self, seq: i64) -> Option<Vec<pgtide_core::Event>> {
+        self.live.take_after(seq)
     }
 
     pub(crate) fn note_committed(&self, seq: i64) {
@@ -186,10 +201,7 @@ pub fn connect_pool(config: &PgConfig, max_size: usize) -> Result<Pool> {
                 // in steady use skips the extra round trip (a closed socket is
                 // still seen at once).
                 if metrics.last_used() > VERIFY_IDLE_AFTER {
-                    client
-                        .simple_query("")
-                        .await
-                        .map_err(HookError::Backend)?;
+                    client.simple_query("").await.map_err(HookError::Backend)?;
                 }
                 Ok(())
             })

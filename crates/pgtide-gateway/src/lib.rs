@@ -52,9 +52,27 @@ pub use mappings::{MappingCommand, MappingCommandError, MappingsView};
 /// Largest request body accepted (the contract's frame limit).
 pub const MAX_BODY: usize = 1024 * 1024;
 
-/// What every handler can reach.
+/// What every handler can reach, shared: each connection and request holds
+/// one pointer to it rather than its own copy (an idle WebSocket held two).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl From<Services> for AppState {
+    fn from(services: Services) -> AppState {
+        AppState(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub store: Store,
     pub cdc: watch::Receiver<CdcStatus>,
     pub mappings: watch::Receiver<MappingsView>,

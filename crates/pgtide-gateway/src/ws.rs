@@ -158,7 +158,8 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     while let Some(message) = stream.next().await {
         match message {
             Ok(Message::Text(text)) => {
-                handle(&mut session, &mut transactions, text.as_str()).await;
+                // Boxed: its state is large and an idle connection need not carry it.
+                Box::pin(handle(&mut session, &mut transactions, text.as_str())).await;
             }
             Ok(Message::Binary(_)) => session.outbox.push_frame(reply(
                 &Value::Null,
@@ -176,16 +177,20 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
             }
         }
     }
-    transactions.close().await;
+    // The closing steps are boxed too, for the same reason.
+    Box::pin(transactions.close()).await;
     session.close();
     if let Ok(mut sink) = writer.await {
-        if let Some((frame, drain)) = close {
-            let _ = sink.send(Message::Close(Some(frame))).await;
-            if drain {
-                linger(&mut stream).await;
+        Box::pin(async {
+            if let Some((frame, drain)) = close {
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                if drain {
+                    linger(&mut stream).await;
+                }
             }
-        }
-        let _ = sink.close().await;
+            let _ = sink.close().await;
+        })
+        .await;
     }
     state.hub.connections.fetch_sub(1, Ordering::Relaxed);
 }

@@ -9,7 +9,7 @@ use pgtide_auth::Verifier;
 use pgtide_cdc::{Capture, CdcConfig, CdcStatus, setup};
 use pgtide_gateway::auth::Auth;
 use pgtide_gateway::hub::Hub;
-use pgtide_gateway::{AppState, MappingsView};
+use pgtide_gateway::{AppState, MappingsView, Services};
 use pgtide_mapping::MappingSet;
 use pgtide_pg::PgConfig;
 use pgtide_store::Store;
@@ -206,7 +206,7 @@ pub async fn start(
         },
     )?;
     tokio::spawn(webhooks.clone().run(shutdown.clone()));
-    let state = AppState {
+    let state = AppState::from(Services {
         store,
         cdc: status_rx,
         mappings: view_rx,
@@ -216,7 +216,7 @@ pub async fn start(
         exactly_once: Default::default(),
         webhooks,
         sql: sql_access(source, serve)?,
-    };
+    });
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
     let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));

@@ -14,12 +14,13 @@
 //! are its own. The client opens `--connections` WebSockets, subscribes
 //! connection `i` to the pattern `fan.<i mod topics>.*` and notes the server's
 //! RSS before and after (per idle connection). `--publishers` more connections
-//! then publish events to `fan.<k>.tick` at a steady rate, each carrying its
-//! scheduled send time, in two phases: `--rate` deliveries per second (latency)
+//! then publish events to `fan.<k>.tick` at a steady rate, each carrying the
+//! time it was sent, in two phases: `--rate` deliveries per second (latency)
 //! and `--max-rate` (throughput). Delivered messages per second are counted at
 //! the client while the phase publishes; publish→receive latency is taken per
-//! message against the scheduled send time, so a publisher held back by the
-//! server counts against the server.
+//! message against its send time. Publishers never wait for replies, so only
+//! a server that stops reading holds them back: how far sends fell behind
+//! their schedule is reported with each phase.
 //!
 //! pgtide stores every published event in PostgreSQL before delivering it; the
 //! Node server keeps nothing. The ratio compares delivered messages per second
@@ -32,8 +33,8 @@
 //! group per key `k`, and rows take the keys in turn: with the default of 1
 //! each row reaches the one subscriber it belongs to (a per-user feed); with
 //! `--e2e-fanout` equal to `--e2e-subscribers` every row reaches everyone.
-//! Each row carries its scheduled insert time, so row commit → client latency
-//! is measured from slightly before the commit.
+//! Each row carries the time its INSERT was sent, so row commit → client
+//! latency is measured from slightly before the commit.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -510,6 +511,8 @@ struct PhaseReport {
     p99: Duration,
     max: Duration,
     /// Scheduled publish → its reply.
+    /// The furthest a publish fell behind its schedule.
+    behind: Duration,
     ack_p50: Duration,
     ack_p99: Duration,
     cpu: Cpu,
@@ -726,6 +729,7 @@ async fn run_phase(
         p50: Duration::from_micros(histogram.value_at_quantile(0.5)),
         p99: Duration::from_micros(histogram.value_at_quantile(0.99)),
         max: Duration::from_micros(histogram.max()),
+        behind: published.behind,
         ack_p50: Duration::from_micros(published.ack.value_at_quantile(0.5)),
         ack_p99: Duration::from_micros(published.ack.value_at_quantile(0.99)),
         cpu: cpu_after.since(&cpu_before),
@@ -786,8 +790,11 @@ async fn wait_received(
 
 /// What a phase's publishers achieved.
 struct Published {
-    /// Scheduled send → reply, per acknowledged publish (for pgtide: the store commit and the queue before it).
+    /// Send → reply, per acknowledged publish (for pgtide: the store commit and the queue before it).
     ack: Histogram<u64>,
+    /// The furthest any send fell behind its schedule (a server holding
+    /// publishers back shows here).
+    behind: Duration,
     acked: u64,
     failed: u64,
 }
@@ -832,6 +839,7 @@ async fn publish(
     let mut back = Vec::new();
     let mut published = Published {
         ack: empty,
+        behind: Duration::ZERO,
         acked: 0,
         failed: 0,
     };
@@ -840,6 +848,7 @@ async fn publish(
         let (ws, outcome) = joined.context("a publisher task failed")?;
         let outcome = outcome.with_context(|| format!("publishing (server pid {server_pid})"))?;
         published.acked += outcome.acked;
+        published.behind = published.behind.max(outcome.behind);
         published
             .ack
             .add(&outcome.ack)
@@ -868,14 +877,16 @@ struct PublisherPlan {
 
 struct PublisherOutcome {
     ack: Histogram<u64>,
+    /// The furthest a send fell behind its scheduled time.
+    behind: Duration,
     acked: u64,
     failed: u64,
     error: Option<String>,
 }
 
-/// Publishes `quota` events on a steady schedule, each stamped with its
-/// scheduled time (so a publisher the server holds back counts against the
-/// server), reading replies as they come.
+/// Publishes `quota` events on a steady schedule, each stamped with the time
+/// it was sent, noting how far sends fell behind the schedule, reading
+/// replies as they come.
 async fn publisher(
     mut ws: Ws,
     proto: Proto,
@@ -885,6 +896,7 @@ async fn publisher(
 ) -> (Ws, anyhow::Result<PublisherOutcome>) {
     let mut outcome = PublisherOutcome {
         ack,
+        behind: Duration::ZERO,
         acked: 0,
         failed: 0,
         error: None,
@@ -939,7 +951,12 @@ async fn publisher(
                 }
                 at = tick.tick(), if sent < plan.quota => {
                     let k = (plan.first_topic + sent * plan.step) % plan.topics;
-                    let t = at.into_std().saturating_duration_since(base).as_micros() as u64;
+                    // Latency counts from the send itself, not from the tick
+                    // (the timer fires up to a millisecond late); how far
+                    // sends fell behind their schedule is reported beside it.
+                    let now = Instant::now();
+                    outcome.behind = outcome.behind.max(now.saturating_duration_since(at.into_std()));
+                    let t = now.saturating_duration_since(base).as_micros() as u64;
                     let p = plan.phase as u8;
                     let body = format!(
                         r#"{{"topic":"fan.{k}.tick","event_type":"fan.tick","data":{{"t":{t},"p":{p}}}}}"#
@@ -953,7 +970,7 @@ async fn publisher(
                     };
                     ws.send(Message::text(frame)).await.context("sending a publish")?;
                     sent += 1;
-                    scheduled.push_back(at.into_std());
+                    scheduled.push_back(now);
                 }
                 _ = drain => {
                     outcome.failed += sent - outcome.acked - outcome.failed;
@@ -1402,9 +1419,11 @@ async fn end_to_end(
         let mut issued = 0u64;
         while issued < rows || !in_flight.is_empty() {
             tokio::select! {
-                at = tick.tick(), if issued < rows => {
+                _ = tick.tick(), if issued < rows => {
                     let (client, statement) = &writers[issued as usize % E2E_WRITERS];
-                    let sent = at.into_std();
+                    // From when the INSERT goes out (the timer fires up to a
+                    // millisecond after its tick).
+                    let sent = Instant::now();
                     let t = sent.saturating_duration_since(stats.base).as_micros() as i64;
                     let key = (issued % keys as u64) as i32;
                     in_flight.push(async move {
@@ -1517,10 +1536,11 @@ impl PhaseReport {
         )?;
         writeln!(
             f,
-            "    {:<17} publish -> reply p50 {:.1} ms  p99 {:.1} ms; cpu: {}",
+            "    {:<17} publish -> reply p50 {:.1} ms  p99 {:.1} ms; sends up to {:.1} ms behind schedule; cpu: {}",
             "",
             ms(self.ack_p50),
             ms(self.ack_p99),
+            ms(self.behind),
             self.cpu
         )
     }

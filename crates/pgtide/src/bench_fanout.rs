@@ -366,7 +366,8 @@ impl PgtideCommand {
             .arg("--mappings")
             .arg(self.work.join("mappings"))
             .args(["--insecure-no-auth", "--listen", "127.0.0.1:0"])
-            .env("PGTIDE_LOG", "warn");
+            .env("PGTIDE_LOG", "warn")
+            .env_remove("TOKIO_WORKER_THREADS");
         let log = self.work.join(format!("pgtide-{label}.log"));
         ServerProcess::spawn(cmd, "pgtide listening on http://", &log).await
     }
@@ -1623,7 +1624,7 @@ impl fmt::Display for Report {
         if let Some(e) = &self.e2e {
             writeln!(
                 f,
-                "  end to end (row INSERT scheduled -> /ws client), {} rows/s ({:.0} achieved), {} subscribers of bench.e2e.<key>, each row to {} ({:.0} deliveries/s):",
+                "  end to end (row INSERT sent -> /ws client), {} rows/s ({:.0} achieved), {} subscribers of bench.e2e.<key>, each row to {} ({:.0} deliveries/s):",
                 e.rate,
                 e.achieved_rate,
                 e.subscribers,

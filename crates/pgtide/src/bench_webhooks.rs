@@ -4,6 +4,10 @@
 //! On a fresh database (of a throwaway local PostgreSQL unless
 //! `--database-url`), in this process:
 //!
+//! 0. the baseline: `--events` plain POSTs of the same body to the same
+//!    receiver, `--workers` at a time, from one HTTP client (no queue, no
+//!    signature, no records), so the deliveries/s below can be read as a
+//!    share of what this machine's HTTP stack manages on its own;
 //! 1. an endpoint (pgtide signatures) is created and `--events` events are
 //!    stored for it before the dispatcher starts; then the dispatcher runs and
 //!    the clock runs until every event has reached the receiver and every
@@ -159,6 +163,8 @@ async fn bench(
     pgtide_store::migrate::migrate(&mut client).await?;
     let store = Store::new(&config, 32)?;
     let (url, mut arrivals) = receiver(shutdown.clone()).await?;
+    let baseline = plain_posts(args, &url).await?;
+    while arrivals.try_recv().is_ok() {}
 
     // 1. Throughput: a backlog queued before the dispatcher starts.
     let throughput = store
@@ -242,12 +248,41 @@ async fn bench(
     };
     Ok(Report {
         events: args.events,
+        baseline,
         received,
         delivered_in,
         recorded_in,
         workers: args.workers,
         latency,
     })
+}
+
+/// The baseline: `--events` POSTs of an event body, `--workers` at a time.
+async fn plain_posts(args: &WebhookBenchArgs, url: &str) -> anyhow::Result<Duration> {
+    use futures_util::StreamExt;
+    let client = reqwest::Client::new();
+    let body = serde_json::to_vec(&event("bench.baseline", -1).with_seq(0))?;
+    let bar = progress_bar(args.events, "baseline");
+    let started = Instant::now();
+    let mut posts = futures_util::stream::iter(0..args.events)
+        .map(|_| {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+        })
+        .buffer_unordered(args.workers.max(1));
+    while let Some(response) = posts.next().await {
+        let response = response.context("a baseline POST failed")?;
+        response
+            .bytes()
+            .await
+            .context("reading a baseline answer")?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(started.elapsed())
 }
 
 async fn latency(
@@ -315,6 +350,8 @@ async fn latency(
 
 struct Report {
     events: u64,
+    /// How long the baseline's plain POSTs took.
+    baseline: Duration,
     received: u64,
     delivered_in: Duration,
     recorded_in: Duration,
@@ -352,6 +389,13 @@ impl fmt::Display for Report {
             f,
             "    {rate:.0} deliveries/s (target ≥ {RATE_TARGET:.0}): {}",
             verdict(rate >= RATE_TARGET)
+        )?;
+        let plain = self.events as f64 / self.baseline.as_secs_f64().max(1e-9);
+        writeln!(
+            f,
+            "    baseline, the same number of plain POSTs to the same receiver ({} at a time): {plain:.0}/s; deliveries/s are {:.2} of it",
+            self.workers,
+            rate / plain.max(1e-9)
         )?;
         if let Some(l) = &self.latency {
             writeln!(

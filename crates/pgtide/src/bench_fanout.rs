@@ -113,13 +113,13 @@ pub struct FanoutBenchArgs {
     pub connections: usize,
     /// Topics `fan.<k>.tick`; connection i subscribes to `fan.<i mod topics>.*`.
     /// --connections must be a multiple of it.
-    #[arg(long, env = "PGTIDE_BENCH_TOPICS", default_value_t = 10)]
+    #[arg(long, env = "PGTIDE_BENCH_TOPICS", default_value_t = 20)]
     pub topics: usize,
     /// Offered deliveries per second in the latency phase (events/s × subscribers per topic).
     #[arg(long, env = "PGTIDE_BENCH_RATE", default_value_t = 20_000)]
     pub rate: u64,
     /// Offered deliveries per second in the throughput phase (0 skips it).
-    #[arg(long, env = "PGTIDE_BENCH_MAX_RATE", default_value_t = 200_000)]
+    #[arg(long, env = "PGTIDE_BENCH_MAX_RATE", default_value_t = 500_000)]
     pub max_rate: u64,
     /// Seconds each phase publishes.
     #[arg(long, env = "PGTIDE_BENCH_DURATION", default_value_t = 10)]

@@ -807,6 +807,17 @@ async fn attempt_history_follows_retention() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two nodes on one database, each with at most `workers` requests in
+/// flight; the second one is standing by for the slot.
+async fn two_nodes(db: &TestDb, workers: usize) -> anyhow::Result<(Pgtide, Pgtide)> {
+    let mut a = local_args(db);
+    a.extend(["--webhook-workers".to_owned(), workers.to_string()]);
+    let first = Pgtide::start(&a).await?;
+    let mut second = Pgtide::spawn(&a).await?;
+    second.wait_ready().await?;
+    Ok((first, second))
+}
+
 /// Two nodes on one database share one queue: each may have 4 requests in
 /// flight, yet the receiver sees more than 4 at once, so both deliver; no
 /// event goes out twice while both live; when one is killed, the other
@@ -815,11 +826,7 @@ async fn attempt_history_follows_retention() -> anyhow::Result<()> {
 async fn two_nodes_share_the_queue_and_survive_one_dying() -> anyhow::Result<()> {
     let server = Server::shared().await?;
     let db = server.database().await?;
-    let mut a = local_args(&db);
-    a.extend(["--webhook-workers".to_owned(), "4".to_owned()]);
-    let first = Pgtide::start(&a).await?;
-    let mut second = Pgtide::spawn(&a).await?;
-    second.wait_ready().await?;
+    let (first, second) = two_nodes(&db, 4).await?;
     let mut rx = Receiver::start().await?;
     rx.behaviour.delay_ms.store(100, Ordering::SeqCst);
     create_ok(&first, json!({"url": rx.url, "timeout_seconds": 1})).await?;
@@ -985,29 +992,26 @@ async fn rate_tokens_are_shared_refilled_and_capped_in_the_store() -> anyhow::Re
             wait: None
         }
     );
-    let rows: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pgtide.webhook_rate WHERE webhook_id = $1",
-            &[&c.id],
-        )
-        .await?
-        .get(0);
-    assert_eq!(rows, 0);
+    assert_eq!(bucket_rows(&client, &c.id).await?, 0);
 
     // Deleting an endpoint deletes its bucket.
     store.delete_webhook(&a.id, None).await?;
-    let rows: i64 = client
-        .query_one(
-            "SELECT count(*) FROM pgtide.webhook_rate WHERE webhook_id = $1",
-            &[&a.id],
-        )
-        .await?
-        .get(0);
-    assert_eq!(rows, 0);
+    assert_eq!(bucket_rows(&client, &a.id).await?, 0);
     drop(store);
     drop(client);
     db.cleanup().await;
     Ok(())
+}
+
+/// How many rate buckets the store holds for an endpoint.
+async fn bucket_rows(client: &tokio_postgres::Client, webhook_id: &str) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pgtide.webhook_rate WHERE webhook_id = $1",
+            &[&webhook_id],
+        )
+        .await?
+        .get(0))
 }
 
 /// Two nodes on one database, one endpoint limited to 5 requests a second
@@ -1023,11 +1027,7 @@ async fn two_nodes_share_one_rate_limit() -> anyhow::Result<()> {
     const PER_SECOND: f64 = 5.0;
     let server = Server::shared().await?;
     let db = server.database().await?;
-    let mut a = local_args(&db);
-    a.extend(["--webhook-workers".to_owned(), "1".to_owned()]);
-    let first = Pgtide::start(&a).await?;
-    let mut second = Pgtide::spawn(&a).await?;
-    second.wait_ready().await?;
+    let (first, second) = two_nodes(&db, 1).await?;
     let mut rx = Receiver::start().await?;
     rx.behaviour.delay_ms.store(300, Ordering::SeqCst);
     create_ok(

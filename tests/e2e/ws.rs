@@ -382,6 +382,107 @@ async fn slow_consumer_gets_drops_and_a_notice() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Socket.IO client spoken by hand over WebSocket (engine.io v4), so the
+/// test controls when it reads: connected to `/` and subscribed to `topic`.
+async fn socket_io_subscriber(pgtide: &Pgtide, topic: &str) -> anyhow::Result<Ws> {
+    let url = pgtide
+        .url("/socket.io/?EIO=4&transport=websocket")
+        .replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let open = socket_io_frame(&mut ws).await?;
+    anyhow::ensure!(open.starts_with('0'), "no engine.io open packet: {open}");
+    ws.send(Message::Text("40".into())).await?;
+    let connected = socket_io_frame(&mut ws).await?;
+    anyhow::ensure!(connected.starts_with("40"), "not connected: {connected}");
+    let subscribe = format!(r#"420["subscribe",{{"topic":"{topic}"}}]"#);
+    ws.send(Message::Text(subscribe.into())).await?;
+    let ack = socket_io_frame(&mut ws).await?;
+    anyhow::ensure!(
+        ack.starts_with("430") && ack.contains("success"),
+        "subscribe refused: {ack}"
+    );
+    Ok(ws)
+}
+
+/// The next engine.io text frame, answering pings on the way.
+async fn socket_io_frame(ws: &mut Ws) -> anyhow::Result<String> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("no frame in time")?;
+        match msg {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await?;
+            }
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("read error: {e}"),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// A Socket.IO client that does not read fills the socket's engine.io queue;
+/// its connection keeps going: once it reads, it gets a `meta.ws` notice
+/// for what was dropped and the rest, every event delivered or counted, and
+/// then new events as they come.
+#[tokio::test]
+async fn slow_socket_io_consumer_gets_drops_and_keeps_receiving() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let mut slow = socket_io_subscriber(&pgtide, "bulk").await?;
+    let blob = "x".repeat(8 * 1024);
+    let total = 1500;
+    let mut batch = Vec::new();
+    for i in 0..total {
+        batch.push(publish(&pgtide, "bulk", json!({"i": i, "blob": blob})));
+        if batch.len() == 50 {
+            for f in batch.drain(..) {
+                f.await?;
+            }
+        }
+    }
+    for f in batch {
+        f.await?;
+    }
+    let last = publish(&pgtide, "bulk", json!({"last": true})).await?;
+    // Read until the last event: each frame is an event or a drop notice.
+    // (Pings keep coming, so the whole read has its own deadline.)
+    let (events, dropped) = tokio::time::timeout(WAIT, async {
+        let mut events = 0;
+        let mut dropped = 0;
+        loop {
+            let frame = socket_io_frame(&mut slow).await?;
+            let Some(packet) = frame.strip_prefix("42") else {
+                continue;
+            };
+            let (name, e): (String, Value) = serde_json::from_str(packet)?;
+            assert_eq!(name, "event");
+            if e["topic"] == "meta.ws" {
+                assert_eq!(e["data"]["event"], "dropped");
+                dropped += e["data"]["count"].as_u64().unwrap_or(0);
+            } else if e["seq"].as_i64() == Some(last) {
+                return anyhow::Ok((events, dropped));
+            } else {
+                events += 1;
+            }
+        }
+    })
+    .await
+    .context("the last event never came: the connection went quiet")??;
+    assert!(dropped > 0, "no drops reported");
+    assert_eq!(
+        events + dropped as usize,
+        total,
+        "every event was delivered or counted as dropped"
+    );
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
 /// The official `socket.io-client` (npm), over WebSocket and polling:
 /// subscribe/unsubscribe/publish with acknowledgements, events as `event`,
 /// replay, and errors in the acknowledgement.

@@ -8,14 +8,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use pgtide_core::EventSource;
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
+use socketioxide::{SendError, SocketError, SocketIo};
 use tokio::sync::Mutex;
 
 use crate::AppState;
@@ -105,6 +106,31 @@ fn request(data: Value) -> Result<Request, Refusal> {
         .map_err(|e| ("invalid_message", format!("not a valid request: {e}")))
 }
 
+/// How long an emit waits before trying again while the socket's engine.io
+/// queue is full.
+const FULL_RETRY: Duration = Duration::from_millis(5);
+
+/// Emits an `event`, waiting while the socket's engine.io queue is full (a
+/// client reading slower than its events come): meanwhile the outbox drops
+/// its oldest events and counts them in a `meta.ws` notice, as on `/ws`,
+/// rather than the connection going quiet. `Err` once the socket is closed.
+/// socketioxide offers no way to await room, hence the short retry.
+async fn emit<T: ?Sized + serde::Serialize>(socket: &SocketRef, data: &T) -> Result<(), ()> {
+    loop {
+        match socket.emit("event", data) {
+            Ok(()) => return Ok(()),
+            Err(SendError::Socket(SocketError::InternalChannelFull)) => {
+                tokio::time::sleep(FULL_RETRY).await;
+            }
+            Err(SendError::Socket(SocketError::Closed)) => return Err(()),
+            Err(SendError::Serialize(e)) => {
+                tracing::warn!(error = ?e, "an event could not be encoded for Socket.IO");
+                return Ok(());
+            }
+        }
+    }
+}
+
 fn connected(state: AppState, s: SocketRef, caller: Caller) {
     state.hub.connections.fetch_add(1, Ordering::Relaxed);
     let session = Session::new(state.clone(), caller, EventSource::Socketio);
@@ -116,13 +142,13 @@ fn connected(state: AppState, s: SocketRef, caller: Caller) {
             for item in batch {
                 let sent = match item {
                     Outgoing::Event(d) => match d.raw_json() {
-                        Some(raw) => writer_socket.emit("event", raw),
-                        None => writer_socket.emit("event", d.event()),
+                        Some(raw) => emit(&writer_socket, raw).await,
+                        None => emit(&writer_socket, d.event()).await,
                     },
                     Outgoing::Dropped(n) => {
                         let notice: Value =
                             serde_json::from_str(&dropped_notice(n)).unwrap_or(Value::Null);
-                        writer_socket.emit("event", &notice)
+                        emit(&writer_socket, &notice).await
                     }
                     Outgoing::Frame(_) => Ok(()),
                 };

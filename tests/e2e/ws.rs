@@ -65,6 +65,24 @@ async fn publish(pgtide: &Pgtide, topic: &str, data: Value) -> anyhow::Result<i6
     r["seq"].as_i64().context("no seq")
 }
 
+/// Publishes `total` events of 8 KiB each to `topic`, 50 at a time.
+async fn publish_bulk(pgtide: &Pgtide, topic: &str, total: usize) -> anyhow::Result<()> {
+    let blob = "x".repeat(8 * 1024);
+    let mut batch = Vec::new();
+    for i in 0..total {
+        batch.push(publish(pgtide, topic, json!({"i": i, "blob": blob})));
+        if batch.len() == 50 {
+            for f in batch.drain(..) {
+                f.await?;
+            }
+        }
+    }
+    for f in batch {
+        f.await?;
+    }
+    Ok(())
+}
+
 /// Runs a Node client script of tests/clients against pgtide; it must exit 0
 /// and print one JSON line of findings, which is returned.
 async fn node_check(script: &str, pgtide: &Pgtide) -> anyhow::Result<Value> {
@@ -321,7 +339,6 @@ async fn slow_consumer_gets_drops_and_a_notice() -> anyhow::Result<()> {
         let r = request(ws, json!({"type": "subscribe", "topic": "bulk"})).await?;
         assert_eq!(r["status"], "success");
     }
-    let blob = "x".repeat(8 * 1024);
     let total = 1500;
     let reader = tokio::spawn(async move {
         let mut seqs = Vec::new();
@@ -332,18 +349,7 @@ async fn slow_consumer_gets_drops_and_a_notice() -> anyhow::Result<()> {
         }
         anyhow::Ok(seqs)
     });
-    let mut batch = Vec::new();
-    for i in 0..total {
-        batch.push(publish(&pgtide, "bulk", json!({"i": i, "blob": blob})));
-        if batch.len() == 50 {
-            for f in batch.drain(..) {
-                f.await?;
-            }
-        }
-    }
-    for f in batch {
-        f.await?;
-    }
+    publish_bulk(&pgtide, "bulk", total).await?;
     let seqs = tokio::time::timeout(WAIT, reader).await???;
     assert_eq!(seqs.len(), total);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]));
@@ -433,20 +439,8 @@ async fn slow_socket_io_consumer_gets_drops_and_keeps_receiving() -> anyhow::Res
     let db = server.database().await?;
     let pgtide = Pgtide::start(&db.run_args()).await?;
     let mut slow = socket_io_subscriber(&pgtide, "bulk").await?;
-    let blob = "x".repeat(8 * 1024);
     let total = 1500;
-    let mut batch = Vec::new();
-    for i in 0..total {
-        batch.push(publish(&pgtide, "bulk", json!({"i": i, "blob": blob})));
-        if batch.len() == 50 {
-            for f in batch.drain(..) {
-                f.await?;
-            }
-        }
-    }
-    for f in batch {
-        f.await?;
-    }
+    publish_bulk(&pgtide, "bulk", total).await?;
     let last = publish(&pgtide, "bulk", json!({"last": true})).await?;
     // Read until the last event: each frame is an event or a drop notice.
     // (Pings keep coming, so the whole read has its own deadline.)

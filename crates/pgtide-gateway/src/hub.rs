@@ -461,26 +461,18 @@ impl Hub {
         self.delivered.load(Ordering::Relaxed)
     }
 
-    /// Follows the store from its current end, dispatching every new event in
-    /// `seq` order: woken by every commit this node hears of (its own, and other
+    /// Follows the store from `from`, dispatching every later event in `seq`
+    /// order: woken by every commit this node hears of (its own, and other
     /// nodes' through the store's commit notices), polling once a second in
     /// case a notice is lost. This node's own commits come with their stored
     /// rows, so they are dispatched without reading them back.
-    pub async fn run_tailer(self, store: Store, shutdown: CancellationToken) {
-        store.follow_committed();
+    ///
+    /// `from` must be read (after [`Store::follow_committed`]) before clients
+    /// are served: an event committed after a client subscribed but before
+    /// the tailer knew where to start would never reach it.
+    pub async fn run_tailer(self, store: Store, from: i64, shutdown: CancellationToken) {
         let mut committed = store.committed_seq();
-        let mut last = loop {
-            match store.last_seq().await {
-                Ok(seq) => break seq,
-                Err(e) => {
-                    tracing::warn!(error = %e, "delivery tailer cannot read the store; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
-        };
+        let mut last = from;
         self.delivered.store(last, Ordering::Relaxed);
         let mut poll = tokio::time::interval(Duration::from_secs(1));
         let mut query_due = true;

@@ -194,7 +194,14 @@ pub async fn start(
     let (commands_tx, commands_rx) = mpsc::channel(16);
     let hub = Hub::default();
     tokio::spawn(store.clone().follow_commits(shutdown.clone()));
-    tokio::spawn(hub.clone().run_tailer(store.clone(), shutdown.clone()));
+    // Where live delivery starts is settled before anything is served, so no
+    // event committed once clients can subscribe falls before it.
+    store.follow_committed();
+    let live_from = store.last_seq().await?;
+    tokio::spawn(
+        hub.clone()
+            .run_tailer(store.clone(), live_from, shutdown.clone()),
+    );
     let webhooks = pgtide_webhooks::Dispatcher::new(
         store.clone(),
         pgtide_webhooks::Config {

@@ -390,24 +390,30 @@ async fn slow_consumer_gets_drops_and_a_notice() -> anyhow::Result<()> {
 
 /// A Socket.IO client spoken by hand over WebSocket (engine.io v4), so the
 /// test controls when it reads: connected to `/` and subscribed to `topic`.
+/// Every step is bounded as a whole: engine.io pings would otherwise keep a
+/// wait for a frame that never comes alive.
 async fn socket_io_subscriber(pgtide: &Pgtide, topic: &str) -> anyhow::Result<Ws> {
     let url = pgtide
         .url("/socket.io/?EIO=4&transport=websocket")
         .replacen("http://", "ws://", 1);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    let open = socket_io_frame(&mut ws).await?;
-    anyhow::ensure!(open.starts_with('0'), "no engine.io open packet: {open}");
-    ws.send(Message::Text("40".into())).await?;
-    let connected = socket_io_frame(&mut ws).await?;
-    anyhow::ensure!(connected.starts_with("40"), "not connected: {connected}");
-    let subscribe = format!(r#"420["subscribe",{{"topic":"{topic}"}}]"#);
-    ws.send(Message::Text(subscribe.into())).await?;
-    let ack = socket_io_frame(&mut ws).await?;
-    anyhow::ensure!(
-        ack.starts_with("430") && ack.contains("success"),
-        "subscribe refused: {ack}"
-    );
-    Ok(ws)
+    tokio::time::timeout(WAIT, async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let open = socket_io_frame(&mut ws).await?;
+        anyhow::ensure!(open.starts_with('0'), "no engine.io open packet: {open}");
+        ws.send(Message::Text("40".into())).await?;
+        let connected = socket_io_frame(&mut ws).await?;
+        anyhow::ensure!(connected.starts_with("40"), "not connected: {connected}");
+        let subscribe = format!(r#"420["subscribe",{{"topic":"{topic}"}}]"#);
+        ws.send(Message::Text(subscribe.into())).await?;
+        let ack = socket_io_frame(&mut ws).await?;
+        anyhow::ensure!(
+            ack.starts_with("430") && ack.contains("success"),
+            "subscribe refused: {ack}"
+        );
+        Ok(ws)
+    })
+    .await
+    .context("connecting and subscribing over Socket.IO took too long")?
 }
 
 /// The next engine.io text frame, answering pings on the way.
@@ -440,7 +446,9 @@ async fn slow_socket_io_consumer_gets_drops_and_keeps_receiving() -> anyhow::Res
     let pgtide = Pgtide::start(&db.run_args()).await?;
     let mut slow = socket_io_subscriber(&pgtide, "bulk").await?;
     let total = 1500;
-    publish_bulk(&pgtide, "bulk", total).await?;
+    tokio::time::timeout(WAIT, publish_bulk(&pgtide, "bulk", total))
+        .await
+        .context("publishing took too long")??;
     let last = publish(&pgtide, "bulk", json!({"last": true})).await?;
     // Read until the last event: each frame is an event or a drop notice.
     // (Pings keep coming, so the whole read has its own deadline.)

@@ -403,13 +403,22 @@ async fn socket_io_subscriber(pgtide: &Pgtide, topic: &str) -> anyhow::Result<Ws
         ws.send(Message::Text("40".into())).await?;
         let connected = socket_io_frame(&mut ws).await?;
         anyhow::ensure!(connected.starts_with("40"), "not connected: {connected}");
-        let subscribe = format!(r#"420["subscribe",{{"topic":"{topic}"}}]"#);
-        ws.send(Message::Text(subscribe.into())).await?;
-        let ack = socket_io_frame(&mut ws).await?;
-        anyhow::ensure!(
-            ack.starts_with("430") && ack.contains("success"),
-            "subscribe refused: {ack}"
-        );
+        // A subscribe sent the moment the connect packet arrives is, rarely and
+        // under load, never answered (the connect packet goes out before the
+        // connect handler has registered the event handlers); like the
+        // fan-out bench, send it again after 5 s.
+        for attempt in 0.. {
+            let subscribe = format!(r#"42{attempt}["subscribe",{{"topic":"{topic}"}}]"#);
+            ws.send(Message::Text(subscribe.into())).await?;
+            let ack = tokio::time::timeout(Duration::from_secs(5), socket_io_frame(&mut ws)).await;
+            let Ok(ack) = ack else { continue };
+            let ack = ack?;
+            anyhow::ensure!(
+                ack.starts_with("43") && ack.contains("success"),
+                "subscribe refused: {ack}"
+            );
+            break;
+        }
         Ok(ws)
     })
     .await

@@ -225,9 +225,19 @@ async fn protocol_replies_and_errors() -> anyhow::Result<()> {
     assert_eq!(r["status"], "success");
     let r = request(&mut ws, json!({"action": "publish", "topic": "chat/general", "data": {"n": 1}, "attributes": {"room": "2"}, "id": 1})).await?;
     assert_eq!(r["status"], "success", "{r}");
-    let r = request(&mut ws, json!({"action": "publish", "topic": "chat/general", "event_type": "chat.message", "data": {"n": 2}, "attributes": {"room": "1"}, "id": 2})).await?;
+    // The event may arrive before or after the publish's reply.
+    send(&mut ws, json!({"action": "publish", "topic": "chat/general", "event_type": "chat.message", "data": {"n": 2}, "attributes": {"room": "1"}, "id": 2})).await?;
+    let (mut reply, mut event) = (None, None);
+    while reply.is_none() || event.is_none() {
+        let frame = next(&mut ws).await?;
+        if frame.get("status").is_some() {
+            reply = Some(frame);
+        } else {
+            event = Some(frame);
+        }
+    }
+    let (r, e) = (reply.unwrap_or_default(), event.unwrap_or_default());
     let seq = r["data"]["seq"].as_i64().unwrap();
-    let e = next(&mut ws).await?;
     assert_eq!(
         (
             e["seq"].as_i64(),

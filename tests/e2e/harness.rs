@@ -121,6 +121,36 @@ impl TestDb {
     }
 }
 
+/// `url` with its user (and password) replaced.
+pub fn with_user(url: &str, user: &str, password: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{user}:{password}@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl TestDb {
+    /// A low-privilege login for SQL over sockets that can `SET ROLE` to
+    /// `role` (created NOLOGIN if missing); its URL for `--sql-database-url`.
+    pub async fn sql_login(&self, role: &str) -> anyhow::Result<String> {
+        let login = format!("login_{}", unique());
+        self.client()
+            .await?
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE {role} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+                 CREATE ROLE {login} LOGIN PASSWORD 'pw';
+                 GRANT {role} TO {login};
+                 GRANT CONNECT ON DATABASE {db} TO {login};",
+                db = self.name
+            ))
+            .await?;
+        Ok(with_user(&self.url, &login, "pw"))
+    }
+}
+
 pub async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
     let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await

@@ -77,6 +77,7 @@ async fn transactions_run_as_the_sql_role_with_claims() -> anyhow::Result<()> {
                  WITH CHECK (org_id = (current_setting('request.jwt.claims')::jsonb ->> 'org_id')::int);"
         ))
         .await?;
+    let login = db.sql_login(&role).await?;
     let mut args = db.run_args();
     args.retain(|a| a != "--insecure-no-auth");
     args.extend([
@@ -84,6 +85,8 @@ async fn transactions_run_as_the_sql_role_with_claims() -> anyhow::Result<()> {
         SECRET.into(),
         "--sql-role".into(),
         role.clone(),
+        "--sql-database-url".into(),
+        login,
     ]);
     let pgtide = Pgtide::start(&args).await?;
     let sql_token = token(&["--sub", "u1", "--org", "1", "--sql"]).await?;

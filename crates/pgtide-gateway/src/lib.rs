@@ -10,7 +10,6 @@
 //! - [`exactly_once`]: `/ws/exactly-once`, durable consumers with acks.
 //! - [`auth`]: who is calling.
 //! - [`registry`]: `/v1/topics`, `/v1/topics/{topic}/schemas`, `/v1/dead-letters`.
-//! - [`sql`]: SQL transactions over `/ws`.
 //! - [`openapi`]: the document at `/v1/openapi.json`.
 //!
 //! `/` serves the admin page (`admin.html`).
@@ -29,7 +28,6 @@ pub mod openapi;
 pub mod registry;
 pub mod session;
 pub mod socketio;
-pub mod sql;
 pub mod webhooks;
 pub mod ws;
 
@@ -82,7 +80,7 @@ pub struct Services {
     pub exactly_once: exactly_once::Consumers,
     pub webhooks: pgtide_webhooks::Dispatcher,
     /// SQL over WebSocket, when `--sql-role` turns it on.
-    pub sql: Option<Arc<sql::SqlAccess>>,
+    pub sql: Option<Arc<pgtide_sql::SqlAccess>>,
 }
 
 /// The whole router, and the OpenAPI document its annotated routes make.

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 use crate::auth::Caller;
 use crate::hub::{Outgoing, dropped_notice};
 use crate::session::{Request, Session};
-use crate::sql::{Operation, Transactions};
 use crate::{ApiError, AppState};
+use pgtide_sql::{Operation, Reply, SqlSession};
 
 /// Largest frame accepted; larger ones close the connection with 1009.
 pub const MAX_FRAME: usize = 1024 * 1024;
@@ -154,12 +154,14 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
         sink
     });
     let mut close: Option<(CloseFrame, bool)> = None;
-    let mut transactions = Transactions::default();
+    // Started by the first transaction message; dropped (cancelling its
+    // running statement, rolling back) when the socket closes.
+    let mut sql: Option<SqlSession> = None;
     while let Some(message) = stream.next().await {
         match message {
             Ok(Message::Text(text)) => {
                 // Boxed: its state is large and an idle connection need not carry it.
-                Box::pin(handle(&mut session, &mut transactions, text.as_str())).await;
+                Box::pin(handle(&mut session, &mut sql, text.as_str())).await;
             }
             Ok(Message::Binary(_)) => session.outbox.push_frame(reply(
                 &Value::Null,
@@ -177,8 +179,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
             }
         }
     }
-    // The closing steps are boxed too, for the same reason.
-    Box::pin(transactions.close()).await;
+    drop(sql);
     session.close();
     if let Ok(mut sink) = writer.await {
         Box::pin(async {
@@ -208,7 +209,7 @@ struct Frame {
     request: Request,
 }
 
-async fn handle(session: &mut Session, transactions: &mut Transactions, text: &str) {
+async fn handle(session: &mut Session, sql: &mut Option<SqlSession>, text: &str) {
     let frame: Frame = match serde_json::from_str(text) {
         Ok(f) => f,
         Err(e) => {
@@ -226,22 +227,7 @@ async fn handle(session: &mut Session, transactions: &mut Transactions, text: &s
     let id = frame.id;
     let kind = frame.kind.or(frame.action);
     if let Some(operation) = kind.as_deref().and_then(Operation::from_type) {
-        let outcome = transactions
-            .handle(
-                session.state.sql.as_deref(),
-                &session.caller,
-                operation,
-                frame.request.data,
-            )
-            .await;
-        let error = outcome
-            .failure
-            .map(|f| json!({"code": f.code, "message": f.message}));
-        let status = if error.is_some() { "error" } else { "success" };
-        session.outbox.push_frame(
-            json!({"id": id, "type": "TransactionResult", "status": status, "data": outcome.data, "error": error})
-                .to_string(),
-        );
+        transaction(session, sql, id, operation, frame.request.data);
         return;
     }
     let result = match kind.as_deref() {
@@ -271,4 +257,47 @@ async fn handle(session: &mut Session, transactions: &mut Transactions, text: &s
         )),
     };
     session.outbox.push_frame(reply(&id, result));
+}
+
+/// Hands a transaction message to the connection's SQL worker (started on
+/// first use), whose replies go out through the outbox as
+/// `TransactionResult` frames.
+fn transaction(
+    session: &Session,
+    sql: &mut Option<SqlSession>,
+    id: Value,
+    operation: Operation,
+    data: Option<Value>,
+) {
+    let outbox = session.outbox.clone();
+    let send = move |reply: Reply| outbox.push_frame(transaction_result(reply));
+    let Some(access) = session.state.sql.clone() else {
+        send(Reply {
+            id,
+            outcome: pgtide_sql::transactions::refused(
+                operation,
+                pgtide_sql::SqlFailure::new(
+                    "sql_disabled",
+                    "SQL over WebSocket is off on this server (start it with --sql-role ROLE)",
+                ),
+            ),
+        });
+        return;
+    };
+    let worker = sql.get_or_insert_with(|| {
+        SqlSession::spawn(access, session.caller.claims.clone(), send.clone())
+    });
+    if let Err(reply) = worker.submit(id, operation, data) {
+        send(reply);
+    }
+}
+
+fn transaction_result(reply: Reply) -> String {
+    let error = reply
+        .outcome
+        .failure
+        .map(|f| json!({"code": f.code, "message": f.message}));
+    let status = if error.is_some() { "error" } else { "success" };
+    json!({"id": reply.id, "type": "TransactionResult", "status": status, "data": reply.outcome.data, "error": error})
+        .to_string()
 }

@@ -79,7 +79,12 @@ impl SqlAccess {
             RecyclingMethod::Custom("DISCARD ALL".into()),
             Some(config.acquire_timeout),
         )?;
-        let owner_pool = build_pool(&owner, 4, RecyclingMethod::Fast, Some(config.acquire_timeout))?;
+        let owner_pool = build_pool(
+            &owner,
+            4,
+            RecyclingMethod::Fast,
+            Some(config.acquire_timeout),
+        )?;
         Ok(SqlAccess {
             pool,
             owner: owner_pool,

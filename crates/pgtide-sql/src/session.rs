@@ -57,9 +57,7 @@ impl SqlSession {
                         None => break,
                     },
                 };
-                let outcome = transactions
-                    .handle(job.operation, job.data, &cancel)
-                    .await;
+                let outcome = transactions.handle(job.operation, job.data, &cancel).await;
                 reply(Reply {
                     id: job.id,
                     outcome,
@@ -86,7 +84,8 @@ impl SqlSession {
             })
             .map_err(|e| {
                 let job = match e {
-                    mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+                    mpsc::error::TrySendError::Full(job)
+                    | mpsc::error::TrySendError::Closed(job) => job,
                 };
                 Reply {
                     id: job.id,

@@ -13,8 +13,14 @@ use serde_json::Value;
 
 /// Why a statement may not run; the message names what was found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
+pub enum Refused {
+    /// Not valid SQL: PostgreSQL's own syntax error.
+    #[error("syntax error: {0}")]
+    Syntax(String),
+    /// Valid SQL that may not run here.
+    #[error("{0}")]
+    NotAllowed(String),
+}
 
 /// Functions no client statement may call, wherever they appear (select
 /// list, `FROM`, a CTE, a subquery, a default): they change settings or
@@ -103,34 +109,36 @@ const PGTIDE_FUNCTIONS: &[&str] = &["claims", "publish"];
 /// transaction sets for itself, so the server reads them the same way.
 pub fn check(sql: &str) -> Result<(), Refused> {
     if sql.contains('\0') {
-        return Err(Refused("the statement contains a NUL character".into()));
+        return Err(Refused::NotAllowed(
+            "the statement contains a NUL character".into(),
+        ));
     }
     let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).map_err(|e| match e {
-        pg_query::Error::Parse(message) => Refused(format!("syntax error: {message}")),
-        other => Refused(format!("the statement could not be read: {other}")),
+        pg_query::Error::Parse(message) => Refused::Syntax(message),
+        other => Refused::NotAllowed(format!("the statement could not be read: {other}")),
     })?;
     let stmts = &parsed.protobuf.stmts;
     match stmts.len() {
-        0 => return Err(Refused("the statement is empty".into())),
+        0 => return Err(Refused::NotAllowed("the statement is empty".into())),
         1 => {}
         n => {
-            return Err(Refused(format!(
+            return Err(Refused::NotAllowed(format!(
                 "send one statement per request (this text holds {n})"
             )));
         }
     }
     let Some(node) = stmts[0].stmt.as_ref().and_then(|n| n.node.as_ref()) else {
-        return Err(Refused("the statement is empty".into()));
+        return Err(Refused::NotAllowed("the statement is empty".into()));
     };
     if !allowed(node) {
-        return Err(Refused(format!(
+        return Err(Refused::NotAllowed(format!(
             "only SELECT, INSERT, UPDATE, DELETE, MERGE, VALUES, TABLE or WITH of those may run here, \
              not {}",
             describe(&node_name(node))
         )));
     }
     let tree = serde_json::to_value(&parsed.protobuf)
-        .map_err(|e| Refused(format!("the statement could not be read: {e}")))?;
+        .map_err(|e| Refused::NotAllowed(format!("the statement could not be read: {e}")))?;
     walk(&tree)
 }
 
@@ -193,7 +201,7 @@ fn walk(value: &Value) -> Result<(), Refused> {
                 match key.as_str() {
                     "FuncCall" => check_call(child)?,
                     "into_clause" if !child.is_null() => {
-                        return Err(Refused(
+                        return Err(Refused::NotAllowed(
                             "SELECT … INTO creates a table; it may not run here".into(),
                         ));
                     }
@@ -234,13 +242,13 @@ fn check_call(call: &Value) -> Result<(), Refused> {
     if REFUSED_FUNCTIONS.contains(&name.as_str())
         || REFUSED_PREFIXES.iter().any(|p| name.starts_with(p))
     {
-        return Err(Refused(format!(
+        return Err(Refused::NotAllowed(format!(
             "the function {shown}() may not be called here (it changes settings or session state, \
              or reaches outside this transaction)"
         )));
     }
     if schema.as_deref() == Some("pgtide") && !PGTIDE_FUNCTIONS.contains(&name.as_str()) {
-        return Err(Refused(format!(
+        return Err(Refused::NotAllowed(format!(
             "the function {shown}() is pgtide's own; only pgtide.claims() and pgtide.publish() may be called"
         )));
     }
@@ -380,7 +388,7 @@ mod tests {
 
     #[test]
     fn refusals_name_what_was_found() {
-        let message = |sql: &str| check(sql).err().map(|r| r.0).unwrap_or_default();
+        let message = |sql: &str| check(sql).err().map(|r| r.to_string()).unwrap_or_default();
         assert!(message("SELECT 1; SELECT 2").contains("holds 2"));
         assert!(message("SET ROLE x").contains("SET / RESET"));
         assert!(message("COMMIT").contains("transaction control"));

@@ -77,7 +77,7 @@ pub struct SqlFailure {
 }
 
 impl SqlFailure {
-    pub(crate) fn new(code: &'static str, message: impl Into<String>) -> SqlFailure {
+    pub fn new(code: &'static str, message: impl Into<String>) -> SqlFailure {
         SqlFailure {
             code,
             message: message.into(),
@@ -215,9 +215,9 @@ impl Transactions {
                         Err(SqlFailure::new("cancelled", "the connection closed; the statement was cancelled"))
                     }
                 };
-                if let Err(f) = &result
-                    && (f.sqlstate.is_some() || matches!(f.code, "cancelled" | "unavailable"))
-                {
+                // As in Postgres, a failed statement dooms its transaction,
+                // also when pgtide refused it before Postgres saw it.
+                if result.is_err() {
                     open.failed = true;
                 }
                 result
@@ -259,7 +259,7 @@ impl Transactions {
 }
 
 /// The reply to a request refused before it ran.
-pub(crate) fn refused(operation: Operation, failure: SqlFailure) -> Outcome {
+pub fn refused(operation: Operation, failure: SqlFailure) -> Outcome {
     outcome(operation, None, Instant::now(), Err(failure))
 }
 
@@ -324,10 +324,7 @@ async fn begin(access: &Arc<SqlAccess>, claims: &Claims) -> Result<Open, SqlFail
     })?;
     let client = access.pool.get().await.map_err(|e| {
         tracing::warn!(error = %e, "no connection for an SQL transaction");
-        SqlFailure::new(
-            "busy",
-            "every SQL connection is in use; try again shortly",
-        )
+        SqlFailure::new("busy", "every SQL connection is in use; try again shortly")
     })?;
     let nonce = nonce();
     let claims_json = claims.to_json().to_string();
@@ -430,7 +427,14 @@ async fn execute(
     if sql.is_empty() {
         return Err(SqlFailure::new("invalid_message", "\"sql\" is empty"));
     }
-    statement::check(sql).map_err(|r| SqlFailure::new("forbidden_statement", r.0))?;
+    statement::check(sql).map_err(|refused| match refused {
+        statement::Refused::Syntax(message) => SqlFailure {
+            code: "sql_error",
+            message,
+            sqlstate: Some("42601".into()),
+        },
+        statement::Refused::NotAllowed(message) => SqlFailure::new("forbidden_statement", message),
+    })?;
     let sql = sql.trim_end_matches(|c: char| c == ';' || c.is_whitespace());
     let params: Vec<JsonParam<'_>> = params.iter().map(JsonParam).collect();
     let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();

@@ -96,6 +96,18 @@ pub struct ServeArgs {
     /// over WebSocket is off without it.
     #[arg(long, env = "PGTIDE_SQL_ROLE")]
     pub sql_role: Option<String>,
+    /// The low-privilege login SQL over WebSocket connects as (libpq URL; it
+    /// must be able to `SET ROLE` to `--sql-role` and be neither a superuser
+    /// nor `BYPASSRLS`/`CREATEROLE` nor own tables). Default: `--database-url`,
+    /// which is refused when its login has any of those powers.
+    #[arg(long, env = "PGTIDE_SQL_DATABASE_URL", hide_env_values = true)]
+    pub sql_database_url: Option<String>,
+    /// Connections SQL over WebSocket may hold (one per open transaction).
+    #[arg(long, env = "PGTIDE_SQL_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
+    pub sql_pool_size: u16,
+    /// Open SQL transactions one org may hold at once, over all its sockets.
+    #[arg(long, env = "PGTIDE_SQL_MAX_TRANSACTIONS_PER_ORG", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub sql_max_transactions_per_org: u16,
     /// `statement_timeout` of SQL over WebSocket.
     #[arg(long, env = "PGTIDE_SQL_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub sql_statement_timeout: Duration,

@@ -42,6 +42,7 @@ async fn serve(
     let source = PgConfig::parse(url)?;
     let client = source.connect().await?;
     client.batch_execute(DEMO_SQL).await?;
+    let sql_login = sql_login(&client, url).await;
     let serve = ServeArgs {
         listen: args.listen,
         mappings: args.mappings.clone(),
@@ -53,7 +54,10 @@ async fn serve(
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),
-        sql_role: None,
+        sql_role: sql_login.as_ref().map(|_| SQL_ROLE.to_owned()),
+        sql_database_url: sql_login,
+        sql_pool_size: 32,
+        sql_max_transactions_per_org: 16,
         sql_statement_timeout: std::time::Duration::from_secs(5),
         webhooks: WebhookArgs {
             webhook_backoff_base: std::time::Duration::from_secs(2),
@@ -98,6 +102,46 @@ async fn serve(
         ws = api.replacen("http://", "ws://", 1),
     );
     running.wait().await
+}
+
+/// The role SQL over WebSocket runs as in dev, and the login it connects as.
+const SQL_ROLE: &str = "pgtide_app";
+const SQL_LOGIN: &str = "pgtide_sql";
+
+/// Makes the low-privilege login SQL over WebSocket needs (SPEC §11): a
+/// login that owns nothing and can only become `pgtide_app`, which may read
+/// and write the demo tables. Returns its URL, or `None` (SQL stays off,
+/// with a warning) when the database would not allow it or `url` is not a
+/// `postgres://` URL whose user can be swapped.
+async fn sql_login(client: &tokio_postgres::Client, url: &str) -> Option<String> {
+    let password = random_secret().ok()?;
+    let setup = format!(
+        "SET client_min_messages = warning;
+         DO $$ BEGIN CREATE ROLE {SQL_ROLE} NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE {SQL_LOGIN} LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         ALTER ROLE {SQL_LOGIN} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOBYPASSRLS PASSWORD '{password}';
+         GRANT {SQL_ROLE} TO {SQL_LOGIN};
+         GRANT USAGE ON SCHEMA public TO {SQL_ROLE};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON public.users, public.orders, public.sessions TO {SQL_ROLE};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {SQL_ROLE};
+         RESET client_min_messages;"
+    );
+    let login_url = url.split_once("://").and_then(|(scheme, rest)| {
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        (scheme == "postgres" || scheme == "postgresql")
+            .then(|| format!("{scheme}://{SQL_LOGIN}:{password}@{host}"))
+    });
+    let Some(login_url) = login_url else {
+        tracing::warn!("SQL over WebSocket stays off: the database URL is not a postgres:// URL");
+        return None;
+    };
+    match client.batch_execute(&setup).await {
+        Ok(()) => Some(login_url),
+        Err(e) => {
+            tracing::warn!(error = %e, "SQL over WebSocket stays off: creating its login failed");
+            None
+        }
+    }
 }
 
 /// 32 random bytes from the OS, hex-encoded.

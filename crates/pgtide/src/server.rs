@@ -136,6 +136,7 @@ pub async fn start(
     let client = source.connect().await?;
     setup::preflight(&client, &slot.slot).await?;
     let captured = setup::resolve_tables(&client, &capture).await?;
+    let sql = sql_access(source, serve).await?;
     migrate_store(store_config).await?;
     let store = Store::new(store_config, 16)?;
     let (set_tx, set_rx) = watch::channel(Arc::new(MappingSet::empty()));
@@ -222,7 +223,7 @@ pub async fn start(
         auth,
         exactly_once: Default::default(),
         webhooks,
-        sql: sql_access(source, serve)?,
+        sql,
     });
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
@@ -240,18 +241,29 @@ async fn migrate_store(config: &PgConfig) -> anyhow::Result<Vec<i32>> {
     Ok(pgtide_store::migrate::migrate(&mut client).await?)
 }
 
-/// SQL over WebSocket runs against the source database, as `--sql-role`.
-fn sql_access(
+/// SQL over WebSocket runs as `--sql-role`, connected as the low-privilege
+/// `--sql-database-url` login, which is checked here before anything else
+/// starts: a login that could escape is refused with one line.
+async fn sql_access(
     source: &PgConfig,
     serve: &ServeArgs,
-) -> anyhow::Result<Option<Arc<pgtide_gateway::sql::SqlAccess>>> {
+) -> anyhow::Result<Option<Arc<pgtide_sql::SqlAccess>>> {
     let Some(role) = &serve.sql_role else {
         return Ok(None);
     };
-    let access = pgtide_gateway::sql::SqlAccess::new(source, role, serve.sql_statement_timeout, 32)
-        .map_err(|e| anyhow::anyhow!("--sql-role: {e}"))?;
+    let login = match &serve.sql_database_url {
+        Some(url) => {
+            PgConfig::parse(url).map_err(|e| anyhow::anyhow!("--sql-database-url: {e}"))?
+        }
+        None => source.clone(),
+    };
+    let mut config = pgtide_sql::SqlConfig::new(role, serve.sql_statement_timeout);
+    config.pool_size = usize::from(serve.sql_pool_size);
+    config.max_per_org = usize::from(serve.sql_max_transactions_per_org);
+    let access = pgtide_sql::SqlAccess::start(source, &login, config).await?;
     tracing::info!(
         role,
+        login = login.user(),
         "SQL over WebSocket is on for tokens with \"sql\": true"
     );
     Ok(Some(Arc::new(access)))

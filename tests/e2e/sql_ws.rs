@@ -7,9 +7,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::{Pgtide, Server, WAIT, run_pgtide, unique};
 
-const SECRET: &str = "sql-test-secret-0123456789abcdef";
+pub(crate) const SECRET: &str = "sql-test-secret-0123456789abcdef";
 
-async fn token(args: &[&str]) -> anyhow::Result<String> {
+pub(crate) async fn token(args: &[&str]) -> anyhow::Result<String> {
     let mut all: Vec<String> = vec!["token".into(), "--jwt-secret".into(), SECRET.into()];
     all.extend(args.iter().map(|s| (*s).to_owned()));
     let out = run_pgtide(&all).await?;
@@ -17,16 +17,16 @@ async fn token(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-struct Client {
-    ws: Ws,
+pub(crate) struct Client {
+    pub(crate) ws: Ws,
     next_id: u64,
 }
 
 impl Client {
-    async fn connect(pgtide: &Pgtide, token: &str) -> anyhow::Result<Client> {
+    pub(crate) async fn connect(pgtide: &Pgtide, token: &str) -> anyhow::Result<Client> {
         let url = format!(
             "{}?token={token}",
             pgtide.url("/ws").replacen("http://", "ws://", 1)
@@ -36,7 +36,7 @@ impl Client {
     }
 
     /// Sends `{type, data}` and returns the reply with the same id.
-    async fn call(&mut self, kind: &str, data: Value) -> anyhow::Result<Value> {
+    pub(crate) async fn call(&mut self, kind: &str, data: Value) -> anyhow::Result<Value> {
         let id = self.next_id;
         self.next_id += 1;
         let frame = json!({"type": kind, "id": id, "data": data});

@@ -288,7 +288,7 @@ fn transaction(
         SqlSession::spawn(access, session.caller.claims.clone(), send.clone())
     });
     if let Err(reply) = worker.submit(id, operation, data) {
-        send(reply);
+        send(*reply);
     }
 }
 

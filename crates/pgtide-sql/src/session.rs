@@ -75,7 +75,7 @@ impl SqlSession {
         id: Value,
         operation: Operation,
         data: Option<Value>,
-    ) -> Result<(), Reply> {
+    ) -> Result<(), Box<Reply>> {
         self.jobs
             .try_send(Job {
                 id,
@@ -87,7 +87,7 @@ impl SqlSession {
                     mpsc::error::TrySendError::Full(job)
                     | mpsc::error::TrySendError::Closed(job) => job,
                 };
-                Reply {
+                Box::new(Reply {
                     id: job.id,
                     outcome: crate::transactions::refused(
                         operation,
@@ -96,7 +96,7 @@ impl SqlSession {
                             format!("at most {QUEUE} SQL requests may wait on one connection"),
                         ),
                     ),
-                }
+                })
             })
     }
 }

@@ -445,12 +445,11 @@ async fn execute(
     // comment before the closing parenthesis.
     let wrapped =
         format!("WITH pgtide_rows AS ({sql}\n) SELECT to_jsonb(pgtide_rows) FROM pgtide_rows");
-    let probe = async {
-        client.batch_execute("SAVEPOINT pgtide_probe").await?;
-        client.prepare(&wrapped).await
-    }
-    .await;
-    match probe {
+    client
+        .batch_execute("SAVEPOINT pgtide_probe")
+        .await
+        .map_err(|e| SqlFailure::from_postgres(&e))?;
+    match client.prepare(&wrapped).await {
         Ok(prepared) => {
             client
                 .batch_execute("RELEASE SAVEPOINT pgtide_probe")

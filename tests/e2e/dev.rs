@@ -2,13 +2,17 @@
 
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::WAIT;
 
 /// `pgtide dev` starts its own PostgreSQL, prints a curl that publishes an
-/// event, captures the demo tables, and SIGTERM stops the server it started.
+/// event, captures the demo tables, serves SQL over `/ws` through a
+/// low-privilege login of its own, and SIGTERM stops the server it started.
 #[tokio::test]
 async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -109,6 +113,61 @@ async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(client);
+
+    // SQL over /ws is on, through the low-privilege login dev made itself.
+    let secret = text
+        .split("PGTIDE_JWT_SECRET=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("banner names the secret")
+        .to_owned();
+    let out = crate::harness::run_pgtide(&[
+        "token".into(),
+        "--jwt-secret".into(),
+        secret,
+        "--sub".into(),
+        "me".into(),
+        "--org".into(),
+        "1".into(),
+        "--sql".into(),
+    ])
+    .await?;
+    let sql_token = String::from_utf8(out.stdout)?.trim().to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{}/ws?token={sql_token}",
+        api.replacen("http://", "ws://", 1)
+    ))
+    .await?;
+    for (id, frame) in [
+        (
+            1,
+            json!({"type": "BeginTransaction", "id": 1, "data": {"transaction_id": "t"}}),
+        ),
+        (
+            2,
+            json!({"type": "ExecuteInTransaction", "id": 2, "data": {"transaction_id": "t",
+            "sql": "SELECT current_user::text AS who, count(*) AS orders FROM orders"}}),
+        ),
+    ] {
+        ws.send(Message::Text(frame.to_string().into())).await?;
+        let reply = loop {
+            let msg = tokio::time::timeout(WAIT, ws.next())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
+            if let Message::Text(t) = msg {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                if v["id"] == id {
+                    break v;
+                }
+            }
+        };
+        assert_eq!(reply["status"], "success", "{reply}");
+        if id == 2 {
+            assert_eq!(reply["data"]["result"][0]["who"], "pgtide_app", "{reply}");
+            assert_eq!(reply["data"]["result"][0]["orders"], 1, "{reply}");
+        }
+    }
+    drop(ws);
 
     let pid = child.id().expect("running");
     nix::sys::signal::kill(

@@ -1,6 +1,8 @@
 # pgtide in a container: a static-ish release build on Debian, run as a non-root user.
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# libclang: the SQL parser's bindings are generated at build time.
+RUN apt-get update && apt-get install -y --no-install-recommends libclang-dev && rm -rf /var/lib/apt/lists/*
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY crates crates
 COPY sql sql

@@ -1051,7 +1051,13 @@ mod tests {
 
     #[test]
     fn reserved_schemas() {
-        for schema in ["pgtide", "pg_catalog", "information_schema", "pg_toast", "pg_temp_3"] {
+        for schema in [
+            "pgtide",
+            "pg_catalog",
+            "information_schema",
+            "pg_toast",
+            "pg_temp_3",
+        ] {
             assert!(is_reserved_schema(schema), "{schema}");
         }
         for schema in ["public", "app", "pgtide_app", "PG_CATALOG"] {

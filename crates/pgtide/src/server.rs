@@ -284,11 +284,11 @@ async fn warn_org_gaps(
     if !without.is_empty() {
         let why = match column {
             Some(c) => format!("have no column {c:?} (--capture-org-column)"),
-            None => "are captured without --capture-org-column".to_owned(),
+            None => "have no org: --capture-org-column is not set".to_owned(),
         };
         tracing::warn!(
             tables = %without.join(", "),
-            "captured tables {why}: their default-topic events have org_id null, so every tenant's subscribers and readers receive them"
+            "these captured tables {why}, so their default-topic events have org_id null and every tenant's subscribers and readers receive them"
         );
     }
     if !deletes.is_empty() {

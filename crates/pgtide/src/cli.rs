@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach to a PostgreSQL, stream its changes into events and serve them.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Zero-setup local instance: a throwaway PostgreSQL, the demo schema, the API.
     Dev(DevArgs),
     /// Validate mapping files without running (with --database-url, also

@@ -88,7 +88,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let shutdown = shutdown_on_signals()?;
-            server::run(args, shutdown).await
+            server::run(*args, shutdown).await
         }
         Command::Dev(args) => {
             let shutdown = shutdown_on_signals()?;

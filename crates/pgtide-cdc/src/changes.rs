@@ -223,6 +223,23 @@ pub fn default_event(rel: &RelationInfo, tx: &TxContext, images: &ChangeImages) 
     event
 }
 
+/// The org a change's row belongs to, read from its `column`
+/// (`--capture-org-column`): the new row (insert, update) or the old one
+/// (delete; under `REPLICA IDENTITY DEFAULT` only if the column is part of
+/// the key). An integer, or text holding one; anything else is no org.
+pub fn row_org(images: &ChangeImages, column: &str) -> Option<i64> {
+    let row = match images.op {
+        Op::Insert | Op::Update => images.new.as_ref().map(|n| &n.row),
+        Op::Delete => images.old.as_ref(),
+        Op::Truncate => None,
+    }?;
+    match row.get(column)? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 /// The envelope of an event a mapping made, with `meta.mapping` and `meta.key`.
 pub fn mapped_event(
     rel: &RelationInfo,
@@ -416,6 +433,26 @@ mod tests {
         assert_eq!(e.meta["op"], "insert");
         assert_eq!(e.meta["commit_ts"], "2000-01-01T00:00:00.000Z");
         assert_eq!(e.source, EventSource::Cdc);
+    }
+
+    /// `--capture-org-column`: the org comes from the new row, or the old
+    /// one of a delete; absent, null or not an integer, there is none.
+    #[test]
+    fn org_comes_from_the_row() {
+        let r = rel("public");
+        let row = Tuple(vec![text("1"), text("a"), text("2")]);
+        let i = images(&r, Op::Insert, Some(&row), None);
+        assert_eq!(row_org(&i, "id"), Some(1));
+        assert_eq!(
+            row_org(&i, "total"),
+            Some(2),
+            "numeric text holding an integer"
+        );
+        assert_eq!(row_org(&i, "note"), None, "not an integer");
+        assert_eq!(row_org(&i, "nowhere"), None);
+        let d = images(&r, Op::Delete, None, Some(&OldTuple::Key(row.clone())));
+        assert_eq!(row_org(&d, "id"), Some(1), "a key column survives a delete");
+        assert_eq!(row_org(&d, "total"), None, "only key columns under DEFAULT");
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub struct CdcConfig {
     pub heartbeat: Duration,
     /// Tables whose changes go to default topics `tables.<table>.<op>`.
     pub capture: Vec<TableName>,
+    /// The column default-topic events take their `org_id` from, in
+    /// tables that have it (`--capture-org-column`).
+    pub capture_org_column: Option<String>,
     /// The running mapping set; replaced whole on reload.
     pub mappings: watch::Receiver<Arc<MappingSet>>,
 }
@@ -433,7 +436,11 @@ impl Reader<'_> {
         let ctx = self.ctx();
         let mut events = Vec::new();
         if captured {
-            events.push(changes::default_event(rel, &ctx, &images));
+            let mut event = changes::default_event(rel, &ctx, &images);
+            if let Some(column) = &self.config.capture_org_column {
+                event.org_id = changes::row_org(&images, column);
+            }
+            events.push(event);
         }
         let letters = self.map_change(rel, &ctx, &images, &mut events);
         for event in events {

@@ -146,6 +146,12 @@ pub async fn resolve_tables(client: &Client, capture: &Capture) -> Result<Vec<Ta
         Capture::None => Ok(Vec::new()),
         Capture::Tables(tables) => {
             for t in tables {
+                if pgtide_mapping::is_reserved_schema(&t.schema) {
+                    return Err(CdcError::Setup(format!(
+                        "--capture names table {t}, in schema {:?}, which pgtide never captures (pgtide, pg_catalog, information_schema, pg_toast and other pg_ schemas)",
+                        t.schema
+                    )));
+                }
                 let exists: Option<u32> = client
                     .query_one("SELECT to_regclass($1)::oid", &[&t.quoted()])
                     .await?
@@ -179,6 +185,53 @@ pub async fn resolve_tables(client: &Client, capture: &Capture) -> Result<Vec<Ta
                 .collect())
         }
     }
+}
+
+/// Why a captured table's default-topic events (some or all) have no
+/// `org_id`, and so reach every tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgGap {
+    /// The table has no org column (or none is configured).
+    NoColumn(TableName),
+    /// Its deletes send only key columns, and the org column is not one.
+    DeletesWithoutOrg(TableName),
+}
+
+/// The captured tables whose default-topic events would have no org with
+/// `org_column` (`--capture-org-column`): all of them without one.
+pub async fn org_gaps(
+    client: &Client,
+    tables: &[TableName],
+    org_column: Option<&str>,
+) -> Result<Vec<OrgGap>> {
+    let Some(column) = org_column else {
+        return Ok(tables.iter().cloned().map(OrgGap::NoColumn).collect());
+    };
+    let mut gaps = Vec::new();
+    for t in tables {
+        // Columns of the replica identity: the whole row under FULL, else the
+        // key (the primary key, or the index REPLICA IDENTITY USING names).
+        let row = client
+            .query_one(
+                "SELECT a.attnum IS NOT NULL,
+                        c.relreplident = 'f' OR EXISTS (
+                            SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid
+                              AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
+                              AND a.attnum = ANY (i.indkey))
+                 FROM pg_class c
+                 LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped
+                 WHERE c.oid = to_regclass($1)",
+                &[&t.quoted(), &column],
+            )
+            .await?;
+        let (has, in_identity): (bool, bool) = (row.get(0), row.get(1));
+        if !has {
+            gaps.push(OrgGap::NoColumn(t.clone()));
+        } else if !in_identity {
+            gaps.push(OrgGap::DeletesWithoutOrg(t.clone()));
+        }
+    }
+    Ok(gaps)
 }
 
 /// What [`ensure_publication`] did, so a later failure can undo it.

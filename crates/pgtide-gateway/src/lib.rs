@@ -45,7 +45,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
-pub use mappings::{MappingCommand, MappingCommandError, MappingsView};
+pub use mappings::{ApiOwner, MappingCommand, MappingCommandError, MappingOwner, MappingsView};
 
 /// Largest request body accepted (the contract's frame limit).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -75,6 +75,9 @@ pub struct Services {
     pub cdc: watch::Receiver<CdcStatus>,
     pub mappings: watch::Receiver<MappingsView>,
     pub mapping_commands: tokio::sync::mpsc::Sender<mappings::MappingCommand>,
+    /// Tables operators may map through the API (`--api-mapping-tables`),
+    /// as `schema.table`.
+    pub api_mapping_tables: Vec<String>,
     pub hub: hub::Hub,
     pub auth: auth::Auth,
     pub exactly_once: exactly_once::Consumers,

@@ -37,7 +37,8 @@
 //!   ``duplicate topic `t`; first declared at file:line:column``
 //! - `` `x` must be a string, found a list``, `` `x` is empty``
 //! - `invalid topic: <pgtide-core's topic error>`, ``invalid topic template `…`: …``
-//! - ``invalid table `…`; …``, ``unknown operation `x`; …``,
+//! - ``invalid table `…`; …``, ``table `pgtide.x` is in schema `pgtide`, which pgtide never maps: …``,
+//!   ``unknown operation `x`; …``,
 //!   `` `changed` only filters updates, but `operations` does not include `update` ``
 //! - ``in `when`: invalid CEL expression `…`: <CEL parser message> (column N of the expression)``,
 //!   ``in `payload.f`: unknown variable `x` in `…`; …``
@@ -78,4 +79,5 @@ mod tests;
 
 pub use engine::{Change, MappedEvent, Op};
 pub use error::{LoadError, Location, MappingFailure};
+pub use load::{is_reserved_schema, parse_table};
 pub use set::{MappingInfo, MappingSet, TopicDecl};

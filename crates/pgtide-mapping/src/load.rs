@@ -567,6 +567,10 @@ impl FileLoader<'_, '_> {
         let table = self
             .string(&fields, "table")
             .and_then(|t| match parse_table(&t.text) {
+                Ok((schema, _)) if is_reserved_schema(&schema) => {
+                    self.error(t.node, reserved_table_message(&t.text, &schema));
+                    None
+                }
                 Ok(parsed) => Some(parsed),
                 Err(message) => {
                     self.error(t.node, message);
@@ -886,9 +890,24 @@ impl FileLoader<'_, '_> {
     }
 }
 
+/// Whether tables of `schema` are out of every mapping's (and capture's)
+/// reach: pgtide's own state (`pgtide`: webhook secrets, the event store,
+/// which a mapping would also feed back into itself) and the system catalogs
+/// (`information_schema`, and every `pg_` schema: `pg_catalog`, `pg_toast`,
+/// temporary schemas; Postgres reserves the prefix for itself).
+pub fn is_reserved_schema(schema: &str) -> bool {
+    schema == "pgtide" || schema == "information_schema" || schema.starts_with("pg_")
+}
+
+fn reserved_table_message(text: &str, schema: &str) -> String {
+    format!(
+        "table `{text}` is in schema `{schema}`, which pgtide never maps: tables in `pgtide`, `pg_catalog`, `information_schema`, `pg_toast` (and other `pg_` schemas) are refused"
+    )
+}
+
 /// Parses `table` or `schema.table` as Postgres would: unquoted names fold
 /// to lower case, `"Quoted"` names are kept as written.
-pub(crate) fn parse_table(text: &str) -> Result<(String, String), String> {
+pub fn parse_table(text: &str) -> Result<(String, String), String> {
     let mut parts = Vec::new();
     let mut rest = text.trim();
     loop {
@@ -1028,6 +1047,22 @@ mod tests {
         assert!(parse_table("my table").is_err());
         assert!(parse_table("1abc").is_err());
         assert!(parse_table("\"unterminated").is_err());
+    }
+
+    #[test]
+    fn reserved_schemas() {
+        for schema in [
+            "pgtide",
+            "pg_catalog",
+            "information_schema",
+            "pg_toast",
+            "pg_temp_3",
+        ] {
+            assert!(is_reserved_schema(schema), "{schema}");
+        }
+        for schema in ["public", "app", "pgtide_app", "PG_CATALOG"] {
+            assert!(!is_reserved_schema(schema), "{schema}");
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 pub use consumers::ConsumerState;
 pub use dead_letters::{DeadLetter, DeadLetterKind, DeadLetterRecord};
 pub use events::{CdcWrite, EventQuery, StoredBatch};
-pub use mappings::ApiMapping;
+pub use mappings::{ApiMapping, MappingScope};
 pub use progress::{CdcProgress, KnownRelation};
 pub use registry::{Owner, SchemaCache, ValidationIssue};
 

@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_rate",
         include_str!("../../../sql/006_webhook_rate.sql"),
     ),
+    (
+        8,
+        "mapping_owner",
+        include_str!("../../../sql/008_mapping_owner.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.

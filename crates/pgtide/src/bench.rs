@@ -427,6 +427,7 @@ async fn bench(
         max_batch: args.max_batch,
         heartbeat: Duration::from_secs(10),
         capture: vec![bench_table()],
+        capture_org_column: None,
         mappings: tokio::sync::watch::channel(std::sync::Arc::new(
             pgtide_mapping::MappingSet::empty(),
         ))

@@ -86,6 +86,16 @@ pub struct ServeArgs {
     /// comma-separated list (`public.orders,users`) or `*` for every table.
     #[arg(long, env = "PGTIDE_CAPTURE", default_value = "")]
     pub capture: String,
+    /// The column of captured tables that holds the org id: default-topic
+    /// events of a table that has it take their `org_id` from the row
+    /// (without it they have none, and reach every tenant).
+    #[arg(long, env = "PGTIDE_CAPTURE_ORG_COLUMN")]
+    pub capture_org_column: Option<String>,
+    /// Tables operators may map through `POST /v1/mappings` (otherwise only
+    /// admins may), schema-qualified; repeatable or comma-separated. An
+    /// operator's mapping always emits events of the operator's org.
+    #[arg(long, env = "PGTIDE_API_MAPPING_TABLES", value_delimiter = ',')]
+    pub api_mapping_tables: Vec<String>,
     /// How long events are kept (e.g. `7d`, `12h`).
     #[arg(long, env = "PGTIDE_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,

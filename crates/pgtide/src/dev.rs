@@ -47,6 +47,8 @@ async fn serve(
         listen: args.listen,
         mappings: args.mappings.clone(),
         capture: args.capture.clone(),
+        capture_org_column: None,
+        api_mapping_tables: Vec::new(),
         retention: std::time::Duration::from_secs(7 * 24 * 3600),
         insecure_no_auth: false,
         jwt_secret: None,

@@ -7,15 +7,16 @@
 //! schemas go into the registry. A failed reload keeps the running set and
 //! reports its errors (`/readyz`, `GET /v1/mappings`, the log).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pgtide_cdc::setup::{self, TableName};
 use pgtide_gateway::mappings::API_SOURCE_PREFIX;
-use pgtide_gateway::{MappingCommand, MappingCommandError, MappingsView};
+use pgtide_gateway::{ApiOwner, MappingCommand, MappingCommandError, MappingOwner, MappingsView};
 use pgtide_mapping::{LoadError, MappingInfo, MappingSet};
-use pgtide_store::Store;
+use pgtide_store::{MappingScope, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -32,7 +33,8 @@ pub async fn check_against_db(
         let table = TableName::parse(&m.table)?;
         let row = client
             .query_opt(
-                "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                "SELECT c.oid, c.relreplident::text, c.relpersistence::text, pg_has_role(c.relowner, 'USAGE')
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
                 &[&table.schema, &table.name],
             )
@@ -52,6 +54,23 @@ pub async fn check_against_db(
         };
         let oid: u32 = row.get(0);
         let identity: String = row.get(1);
+        let persistence: String = row.get(2);
+        let owned: bool = row.get(3);
+        // What ALTER PUBLICATION ... ADD TABLE would refuse, said before anything is changed.
+        if persistence != "p" {
+            errors.push(at(format!(
+                "mapping {:?}: table {table} is UNLOGGED or TEMPORARY, and Postgres replicates neither",
+                m.name
+            )));
+            continue;
+        }
+        if !owned {
+            errors.push(at(format!(
+                "mapping {:?}: pgtide's database role cannot add table {table} to its publication: only the table's owner (or a superuser) may",
+                m.name
+            )));
+            continue;
+        }
         let columns: Vec<String> = client
             .query(
                 "SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
@@ -149,53 +168,204 @@ pub struct Reloader {
     pub publication: String,
     pub capture: Vec<TableName>,
     pub fix_identity: bool,
+    /// Tables operators may map (`--api-mapping-tables`), as `schema.table`.
+    pub api_tables: Vec<String>,
     pub set: watch::Sender<Arc<MappingSet>>,
     pub view: watch::Sender<MappingsView>,
 }
 
-impl Reloader {
-    /// The files of the directory and the API-defined mappings, plus `extra`.
-    async fn sources(
-        &self,
-        extra: Option<(String, String)>,
-    ) -> anyhow::Result<Result<Vec<(String, String)>, Vec<LoadError>>> {
-        // The file names come back already joined to the directory.
-        let mut sources = match pgtide_mapping::load::read_dir(&self.dir) {
-            Ok(files) => files,
-            Err(errors) => return Ok(Err(errors)),
-        };
-        for m in self.store.api_mappings().await? {
-            sources.push((format!("{API_SOURCE_PREFIX}{}", m.name), m.source));
-        }
-        sources.extend(extra);
-        Ok(Ok(sources))
-    }
+/// A set that loaded and checked against the database, and the stored API
+/// mappings left out of it because they cannot be applied now.
+pub struct Candidate {
+    pub set: MappingSet,
+    /// What `set` was loaded from: the files, then the API mappings kept.
+    sources: Vec<(String, String)>,
+    /// One error (or more) per stored API mapping left out.
+    skipped: Vec<LoadError>,
+    owners: BTreeMap<String, ApiOwner>,
+}
 
-    /// Loads files, API mappings and `extra`, and checks them against the database.
+/// Said of a stored API mapping that is left out of the running set.
+const SKIPPED: &str = "(this API-defined mapping is skipped until it is fixed or deleted)";
+
+impl Reloader {
+    /// Loads the files, the stored API mappings and `extra` (a mapping being
+    /// created), and checks them against the database. The files and `extra`
+    /// must be whole (their errors are the answer); a stored API mapping that
+    /// no longer loads or fits the database (its table dropped, a column gone,
+    /// a name a file took since, a system table written into the store by
+    /// hand) is left out with its error, and never stops the others.
     pub async fn candidate(
         &self,
         extra: Option<(String, String)>,
-    ) -> anyhow::Result<Result<MappingSet, Vec<LoadError>>> {
-        let sources = match self.sources(extra).await? {
-            Ok(sources) => sources,
+    ) -> anyhow::Result<Result<Candidate, Vec<LoadError>>> {
+        // The file names come back already joined to the directory.
+        let files = match pgtide_mapping::load::read_dir(&self.dir) {
+            Ok(files) => files,
             Err(errors) => return Ok(Err(errors)),
         };
-        let set = match MappingSet::load_sources(&sources, &self.dir) {
-            Ok(set) => set,
-            Err(errors) => return Ok(Err(errors)),
-        };
-        let errors = check_against_db(&set, &self.source, self.fix_identity).await?;
-        Ok(if errors.is_empty() {
-            Ok(set)
-        } else {
-            Err(errors)
-        })
+        if let Err(errors) = MappingSet::load_sources(&files, &self.dir) {
+            return Ok(Err(errors));
+        }
+        let stored = self.store.api_mappings().await?;
+        let owners: BTreeMap<String, ApiOwner> = stored
+            .iter()
+            .map(|m| {
+                let owner = ApiOwner {
+                    org_id: m.org_id,
+                    table: m.table.clone(),
+                };
+                (m.name.clone(), owner)
+            })
+            .collect();
+        let mut skipped = Vec::new();
+        let mut accepted: Vec<(String, String)> = Vec::new();
+        for m in &stored {
+            let file = format!("{API_SOURCE_PREFIX}{}", m.name);
+            if let Some(message) = self.out_of_bounds(m) {
+                skipped.push(LoadError {
+                    file,
+                    line: 1,
+                    column: 1,
+                    message,
+                });
+                continue;
+            }
+            let mut trial = files.clone();
+            trial.push((file.clone(), m.source.clone()));
+            match MappingSet::load_sources(&trial, &self.dir) {
+                Ok(_) => accepted.push((file, m.source.clone())),
+                Err(errors) => skipped.extend(errors),
+            }
+        }
+        loop {
+            let mut sources = files.clone();
+            sources.extend(accepted.iter().cloned());
+            sources.extend(extra.iter().cloned());
+            let set = match MappingSet::load_sources(&sources, &self.dir) {
+                Ok(set) => set,
+                Err(errors) => return Ok(Err(errors)),
+            };
+            let errors = check_against_db(&set, &self.source, self.fix_identity).await?;
+            let (stale, fatal): (Vec<LoadError>, Vec<LoadError>) = errors
+                .into_iter()
+                .partition(|e| accepted.iter().any(|(file, _)| *file == e.file));
+            if !fatal.is_empty() {
+                return Ok(Err(fatal));
+            }
+            if stale.is_empty() {
+                return Ok(Ok(Candidate {
+                    set,
+                    sources,
+                    skipped,
+                    owners,
+                }));
+            }
+            accepted.retain(|(file, _)| !stale.iter().any(|e| e.file == *file));
+            skipped.extend(stale);
+        }
     }
 
-    /// Makes `set` the running one: publication, registry, then the swap.
-    pub async fn apply(&self, set: MappingSet) -> anyhow::Result<()> {
-        let tables = publication_tables(&self.capture, &set)?;
-        setup::ensure_publication(&self.source, &self.publication, &tables).await?;
+    /// Why a stored mapping an operator made may no longer run: its table
+    /// left `--api-mapping-tables`.
+    fn out_of_bounds(&self, m: &pgtide_store::ApiMapping) -> Option<String> {
+        if m.created_role.as_deref() != Some("operator") {
+            return None;
+        }
+        let table = m.table.as_deref().unwrap_or("an unknown table");
+        if self.api_tables.iter().any(|t| t == table) {
+            return None;
+        }
+        Some(format!(
+            "mapping {:?} was made by an operator on {table}, which --api-mapping-tables no longer lists",
+            m.name
+        ))
+    }
+
+    /// The captured tables and those of file mappings: what the publication
+    /// must hold whatever the API mappings are.
+    pub fn base_tables(&self, set: &MappingSet) -> anyhow::Result<Vec<TableName>> {
+        let infos = set.mappings();
+        let mut tables = publication_tables(&self.capture, set)?;
+        tables.retain(|t| {
+            let name = t.to_string();
+            self.capture.contains(t)
+                || infos
+                    .iter()
+                    .any(|m| m.table == name && !m.location.file.starts_with(API_SOURCE_PREFIX))
+        });
+        Ok(tables)
+    }
+
+    /// Makes the publication hold the candidate's tables. When Postgres
+    /// refuses them, the base tables are published alone (a failure there is
+    /// the caller's error, as before API mappings existed), then each table
+    /// that only API mappings read, one at a time; the API mappings of a
+    /// table Postgres refuses leave the candidate, each with its error.
+    pub async fn publish(&self, c: &mut Candidate) -> anyhow::Result<()> {
+        let tables = publication_tables(&self.capture, &c.set)?;
+        let Err(e) = setup::ensure_publication(&self.source, &self.publication, &tables).await
+        else {
+            return Ok(());
+        };
+        tracing::warn!(error = %e, "the publication refused the mapped tables; publishing them one by one");
+        let mut ok = self.base_tables(&c.set)?;
+        setup::ensure_publication(&self.source, &self.publication, &ok).await?;
+        let mut refused = Vec::new();
+        for table in tables
+            .iter()
+            .filter(|t| !ok.contains(t))
+            .cloned()
+            .collect::<Vec<_>>()
+        {
+            let mut trial = ok.clone();
+            trial.push(table.clone());
+            match setup::ensure_publication(&self.source, &self.publication, &trial).await {
+                Ok(_) => ok = trial,
+                Err(e) => {
+                    tracing::error!(%table, error = %e, "the publication refuses this table; its API mappings are skipped");
+                    refused.push(table.to_string());
+                }
+            }
+        }
+        for m in c.set.mappings() {
+            if m.location.file.starts_with(API_SOURCE_PREFIX) && refused.contains(&m.table) {
+                c.skipped.push(LoadError {
+                    file: m.location.file.clone(),
+                    line: m.location.line,
+                    column: m.location.column,
+                    message: format!(
+                        "mapping {:?}: table {} cannot be added to publication {:?} (the server log has the database's reason)",
+                        m.name, m.table, self.publication
+                    ),
+                });
+                c.sources.retain(|(file, _)| *file != m.location.file);
+            }
+        }
+        c.set = MappingSet::load_sources(&c.sources, &self.dir).map_err(|errors| {
+            anyhow::anyhow!(
+                "the mappings without the refused ones do not load: {}",
+                errors.first().map(ToString::to_string).unwrap_or_default()
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Makes `c` the running set: publication, registry, then the swap.
+    pub async fn apply(&self, mut c: Candidate) -> anyhow::Result<()> {
+        self.publish(&mut c).await?;
+        self.install(c).await;
+        Ok(())
+    }
+
+    /// Registry and swap, once the publication holds the set's tables.
+    async fn install(&self, c: Candidate) {
+        let Candidate {
+            set,
+            skipped,
+            owners,
+            ..
+        } = c;
         let mut registry_errors = sync_registry(&set, &self.store).await;
         let infos = set.mappings();
         let files: Vec<(String, String, serde_json::Value)> = infos
@@ -217,21 +387,24 @@ impl Reloader {
                 message: format!("mirroring the mappings into the registry failed: {e}"),
             });
         }
+        for mut e in skipped {
+            e.message = format!("{} {SKIPPED}", e.message);
+            registry_errors.push(e);
+        }
         for e in &registry_errors {
             tracing::error!("{e}");
         }
         tracing::info!(mappings = infos.len(), topics = set.topics().len(), dir = %self.dir.display(), "mappings loaded");
         self.set.send_replace(Arc::new(set));
         self.view
-            .send_replace(MappingsView::loaded(infos, registry_errors));
-        Ok(())
+            .send_replace(MappingsView::loaded(infos, registry_errors, owners));
     }
 
     /// One reload: swap in the new set if it is whole, else keep the running one.
     pub async fn reload(&self) -> anyhow::Result<bool> {
         match self.candidate(None).await? {
-            Ok(set) => {
-                self.apply(set).await?;
+            Ok(c) => {
+                self.apply(c).await?;
                 Ok(true)
             }
             Err(errors) => {
@@ -248,9 +421,12 @@ impl Reloader {
         }
     }
 
+    /// Validates the new mapping completely (with the database, and the
+    /// publication taking its table) before storing it; then applies it.
     async fn create(
         &self,
         definition: serde_json::Value,
+        owner: MappingOwner,
     ) -> Result<MappingInfo, MappingCommandError> {
         let internal = |e: anyhow::Error| MappingCommandError::Internal(format!("{e:#}"));
         let Some(name) = definition
@@ -265,17 +441,37 @@ impl Reloader {
                 message: "missing field `name`".into(),
             }]));
         };
+        let file = format!("{API_SOURCE_PREFIX}{name}");
         let source = serde_json::to_string(&serde_json::json!({ "mappings": [definition] }))
             .map_err(|e| internal(e.into()))?;
-        let set = match self
-            .candidate(Some((format!("{API_SOURCE_PREFIX}{name}"), source.clone())))
+        let mut candidate = match self
+            .candidate(Some((file.clone(), source.clone())))
             .await
             .map_err(internal)?
         {
-            Ok(set) => set,
+            Ok(c) => c,
             Err(errors) => return Err(MappingCommandError::Invalid(errors)),
         };
-        let info = set
+        self.publish(&mut candidate).await.map_err(internal)?;
+        let refused: Vec<LoadError> = candidate
+            .skipped
+            .iter()
+            .filter(|e| e.file == file)
+            .cloned()
+            .collect();
+        if !refused.is_empty() {
+            // Back to what the running set needs; nothing was stored.
+            let running = self.set.borrow().clone();
+            if let Ok(tables) = publication_tables(&self.capture, &running)
+                && let Err(e) =
+                    setup::ensure_publication(&self.source, &self.publication, &tables).await
+            {
+                tracing::warn!(error = %e, "could not restore the publication");
+            }
+            return Err(MappingCommandError::Invalid(refused));
+        }
+        let info = candidate
+            .set
             .mappings()
             .into_iter()
             .find(|m| m.name == name)
@@ -287,16 +483,25 @@ impl Reloader {
                 &name,
                 &source,
                 &serde_json::to_value(&info).unwrap_or_default(),
+                owner.org_id,
+                owner.role.as_str(),
             )
             .await
             .map_err(MappingCommandError::Store)?;
-        self.apply(set).await.map_err(internal)?;
+        candidate.owners.insert(
+            name,
+            ApiOwner {
+                org_id: owner.org_id,
+                table: Some(info.table.clone()),
+            },
+        );
+        self.install(candidate).await;
         Ok(info)
     }
 
-    async fn delete(&self, name: &str) -> Result<(), MappingCommandError> {
+    async fn delete(&self, name: &str, scope: MappingScope) -> Result<(), MappingCommandError> {
         self.store
-            .delete_api_mapping(name)
+            .delete_api_mapping(name, scope)
             .await
             .map_err(MappingCommandError::Store)?;
         self.reload()
@@ -332,11 +537,11 @@ impl Reloader {
                 _ = shutdown.cancelled() => return,
                 command = commands.recv() => {
                     match command {
-                        Some(MappingCommand::Create { definition, respond }) => {
-                            let _ = respond.send(self.create(definition).await);
+                        Some(MappingCommand::Create { definition, owner, respond }) => {
+                            let _ = respond.send(self.create(definition, owner).await);
                         }
-                        Some(MappingCommand::Delete { name, respond }) => {
-                            let _ = respond.send(self.delete(&name).await);
+                        Some(MappingCommand::Delete { name, scope, respond }) => {
+                            let _ = respond.send(self.delete(&name, scope).await);
                         }
                         Some(MappingCommand::Retry { letter, respond }) => {
                             let _ = respond.send(self.retry(&letter).await);

@@ -133,9 +133,13 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Running> {
     let capture = Capture::parse(&serve.capture)?;
+    let api_tables = api_mapping_tables(&serve.api_mapping_tables)?;
     let client = source.connect().await?;
     setup::preflight(&client, &slot.slot).await?;
     let captured = setup::resolve_tables(&client, &capture).await?;
+    if matches!(auth, Auth::Jwt(_)) {
+        warn_org_gaps(&client, &captured, serve.capture_org_column.as_deref()).await?;
+    }
     let sql = sql_access(source, serve).await?;
     migrate_store(store_config).await?;
     let store = Store::new(store_config, 16)?;
@@ -148,11 +152,12 @@ pub async fn start(
         publication: slot.publication.clone(),
         capture: captured.clone(),
         fix_identity: serve.set_replica_identity_full,
+        api_tables: api_tables.clone(),
         set: set_tx,
         view: view_tx,
     };
-    let set = match reloader.candidate(None).await? {
-        Ok(set) => set,
+    let candidate = match reloader.candidate(None).await? {
+        Ok(candidate) => candidate,
         Err(errors) => {
             let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
             bail!(
@@ -163,16 +168,20 @@ pub async fn start(
             );
         }
     };
-    let tables = mappings::publication_tables(&captured, &set)?;
-    setup::prepare(&reloader.source, &slot.slot, &slot.publication, &tables).await?;
+    // The captured tables and the file mappings' ones make the publication;
+    // the API mappings' tables join it in `apply`, which skips any of them
+    // Postgres refuses rather than stopping.
+    let base = reloader.base_tables(&candidate.set)?;
+    setup::prepare(&reloader.source, &slot.slot, &slot.publication, &base).await?;
+    reloader.apply(candidate).await?;
+    let set = reloader.set.borrow().clone();
     tracing::info!(
         slot = %slot.slot,
         publication = %slot.publication,
-        tables = ?tables.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        tables = ?mappings::publication_tables(&captured, &set)?.iter().map(ToString::to_string).collect::<Vec<_>>(),
         mappings = set.mappings().len(),
         "capturing"
     );
-    reloader.apply(set).await?;
     store.reload_schemas().await?;
 
     let (status_tx, status_rx) = watch::channel(CdcStatus::default());
@@ -183,6 +192,7 @@ pub async fn start(
         max_batch: serve.max_batch,
         heartbeat: serve.heartbeat,
         capture: captured,
+        capture_org_column: serve.capture_org_column.clone(),
         mappings: set_rx,
     };
     let cdc = tokio::spawn(pgtide_cdc::run(
@@ -219,6 +229,7 @@ pub async fn start(
         cdc: status_rx,
         mappings: view_rx,
         mapping_commands: commands_tx,
+        api_mapping_tables: api_tables,
         hub,
         auth,
         exactly_once: Default::default(),
@@ -234,6 +245,60 @@ pub async fn start(
         http,
         shutdown,
     })
+}
+
+/// `--api-mapping-tables` as `schema.table` (bare names are in `public`);
+/// tables of the reserved schemas are refused.
+fn api_mapping_tables(given: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut tables = Vec::new();
+    for text in given.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
+        let (schema, name) = pgtide_mapping::parse_table(text)
+            .map_err(|e| anyhow::anyhow!("--api-mapping-tables: {e}"))?;
+        if pgtide_mapping::is_reserved_schema(&schema) {
+            bail!(
+                "--api-mapping-tables names {text}, in schema {schema:?}, which pgtide never maps"
+            );
+        }
+        let table = format!("{schema}.{name}");
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
+    Ok(tables)
+}
+
+/// With tokens that are not all admins, says which captured tables'
+/// default-topic events will have no `org_id` and so reach every tenant.
+async fn warn_org_gaps(
+    client: &tokio_postgres::Client,
+    captured: &[setup::TableName],
+    column: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut without = Vec::new();
+    let mut deletes = Vec::new();
+    for gap in setup::org_gaps(client, captured, column).await? {
+        match gap {
+            setup::OrgGap::NoColumn(t) => without.push(t.to_string()),
+            setup::OrgGap::DeletesWithoutOrg(t) => deletes.push(t.to_string()),
+        }
+    }
+    if !without.is_empty() {
+        let why = match column {
+            Some(c) => format!("have no column {c:?} (--capture-org-column)"),
+            None => "have no org: --capture-org-column is not set".to_owned(),
+        };
+        tracing::warn!(
+            tables = %without.join(", "),
+            "these captured tables {why}, so their default-topic events have org_id null and every tenant's subscribers and readers receive them"
+        );
+    }
+    if !deletes.is_empty() {
+        tracing::warn!(
+            tables = %deletes.join(", "),
+            "deletes of these captured tables send only key columns, which do not include the org column: their events have org_id null; set REPLICA IDENTITY FULL"
+        );
+    }
+    Ok(())
 }
 
 async fn migrate_store(config: &PgConfig) -> anyhow::Result<Vec<i32>> {

@@ -452,3 +452,20 @@ fn load_dir_reports_everything() {
         "fields agree with the display"
     );
 }
+
+/// pgtide's own tables and the system catalogs are refused at the table's
+/// value, however the schema is spelt.
+#[test]
+fn reserved_schemas_are_refused() {
+    check(
+        "mappings:\n  - name: a\n    table: pgtide.webhooks\n    topic: a\n  - name: b\n    table: PG_CATALOG.pg_authid\n    topic: b\n",
+        &[
+            "f.yaml:3:12: table `pgtide.webhooks` is in schema `pgtide`, which pgtide never maps: tables in `pgtide`, `pg_catalog`, `information_schema`, `pg_toast` (and other `pg_` schemas) are refused",
+            "f.yaml:6:12: table `PG_CATALOG.pg_authid` is in schema `pg_catalog`, which pgtide never maps: tables in `pgtide`, `pg_catalog`, `information_schema`, `pg_toast` (and other `pg_` schemas) are refused",
+        ],
+    );
+    check(
+        "mappings:\n  - name: a\n    table: '\"pgtide_app\".t'\n    topic: a\n",
+        &[],
+    );
+}

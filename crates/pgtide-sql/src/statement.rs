@@ -101,8 +101,11 @@ const REFUSED_FUNCTIONS: &[&str] = &[
 /// Function-name prefixes refused the same way (extensions' families).
 const REFUSED_PREFIXES: &[&str] = &["dblink", "pg_replication_origin_"];
 
-/// The only functions of the `pgtide` schema a client may call.
-const PGTIDE_FUNCTIONS: &[&str] = &["claims", "publish"];
+/// The only function of the `pgtide` schema a client may call.
+/// (`pgtide.publish()` is for applications' own connections: an event it
+/// emits carries no org, so from a tenant's socket it would reach every
+/// tenant; sockets publish with the `publish` verb, under the token's org.)
+const PGTIDE_FUNCTIONS: &[&str] = &["claims"];
 
 /// Checks `sql`; `Ok` means it is one allowed statement. The parser reads
 /// strings with `standard_conforming_strings = on`, which every SQL
@@ -249,7 +252,8 @@ fn check_call(call: &Value) -> Result<(), Refused> {
     }
     if schema.as_deref() == Some("pgtide") && !PGTIDE_FUNCTIONS.contains(&name.as_str()) {
         return Err(Refused::NotAllowed(format!(
-            "the function {shown}() is pgtide's own; only pgtide.claims() and pgtide.publish() may be called"
+            "the function {shown}() is pgtide's own; only pgtide.claims() may be called here \
+             (publish with the socket's \"publish\" message, which stamps the token's org)"
         )));
     }
     Ok(())
@@ -374,6 +378,7 @@ mod tests {
             "SELECT pg_advisory_lock(1)",
             "SELECT pg_notify('pgtide_committed', '1')",
             "SELECT pgtide.notify_committed()",
+            "SELECT pgtide.publish('x', '{}')",
             // Not SQL at all.
             "",
             ";",

@@ -1,0 +1,73 @@
+//! Limits that keep one client from hurting pgtide or reaching what it
+//! should not: webhook targets on special-purpose addresses, the Socket.IO
+//! frame limit on every transport, slow headers and the connection limit,
+//! tokens without `exp`, and the bounds of `/ws/exactly-once` flow control.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Pgtide, Server};
+
+/// Creating a webhook on an address of the IANA special-purpose registries
+/// is refused with 400 naming the range, also in the IPv6 forms that carry
+/// an IPv4 address (IPv4-compatible, 6to4, NAT64, mapped), and nothing is
+/// stored; a public address is still accepted.
+#[tokio::test]
+async fn webhooks_to_special_purpose_addresses_are_refused() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    for (url, named) in [
+        ("http://[::127.0.0.1]/hook", "loopback"),
+        ("http://[2002:7f00:1::]/hook", "loopback"),
+        ("http://[64:ff9b::a9fe:a9fe]/latest", "link-local"),
+        ("http://[::ffff:10.0.0.1]/hook", "private-use"),
+        ("http://198.18.0.1/hook", "benchmarking"),
+        ("http://198.19.255.254/hook", "benchmarking"),
+        ("http://192.0.0.1/hook", "IPv4 service continuity"),
+        ("http://192.0.0.100/hook", "IETF protocol assignment"),
+        ("http://192.0.2.1/hook", "TEST-NET-1"),
+        ("http://198.51.100.7/hook", "TEST-NET-2"),
+        ("http://203.0.113.7/hook", "TEST-NET-3"),
+        ("http://192.88.99.1/hook", "6to4 relay"),
+        ("http://240.0.0.1/hook", "reserved"),
+        ("http://224.0.0.1/hook", "multicast"),
+        ("http://[2001:db8::1]/hook", "documentation"),
+        ("http://[2001::1]/hook", "Teredo"),
+        ("http://[100::1]/hook", "discard-only"),
+        ("http://[fd12::1]/hook", "unique-local"),
+        ("http://[ff02::1]/hook", "multicast"),
+    ] {
+        let r = pgtide
+            .http()
+            .post(pgtide.url("/v1/webhooks"))
+            .json(&json!({"url": url}))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await?;
+        assert_eq!(status, 400, "{url} -> {body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(named) && message.contains("--webhook-allow-private"),
+            "{url}: {message}"
+        );
+    }
+    let listed: Value = pgtide
+        .http()
+        .get(pgtide.url("/v1/webhooks"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(listed["webhooks"], json!([]), "nothing was stored: {listed}");
+    let r = pgtide
+        .http()
+        .post(pgtide.url("/v1/webhooks"))
+        .json(&json!({"url": "https://[64:ff9b::808:808]/hook"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 201, "NAT64 of a public address is public");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

@@ -3,9 +3,16 @@
 //! frame limit on every transport, slow headers and the connection limit,
 //! tokens without `exp`, and the bounds of `/ws/exactly-once` flow control.
 
+use anyhow::{Context, bail};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::harness::{Pgtide, Server};
+use crate::harness::{Pgtide, Server, WAIT};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Creating a webhook on an address of the IANA special-purpose registries
 /// is refused with 400 naming the range, also in the IPv6 forms that carry
@@ -67,6 +74,71 @@ async fn webhooks_to_special_purpose_addresses_are_refused() -> anyhow::Result<(
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 201, "NAT64 of a public address is public");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// The next JSON text frame of a WebSocket, within [`WAIT`].
+async fn next_json(ws: &mut Ws) -> anyhow::Result<Value> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("no frame in time")?;
+        match msg {
+            Some(Ok(Message::Text(t))) => return Ok(serde_json::from_str(t.as_str())?),
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("read error: {e}"),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// `/ws/exactly-once` refuses `ack_timeout_ms` below 1000 (1 ms made
+/// 500–800 redeliveries a second) or above an hour, and `max_in_flight`
+/// outside 1–1000, with `invalid_message` naming the field and its bounds;
+/// the connection stays usable and a subscribe within the bounds succeeds.
+#[tokio::test]
+async fn exactly_once_flow_control_is_bounded() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let url = pgtide
+        .url("/ws/exactly-once")
+        .replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    for (setting, needle) in [
+        (json!({"ack_timeout_ms": 1}), "ack_timeout_ms must be an integer from 1000 to 3600000 (got 1)"),
+        (json!({"ack_timeout_ms": 999}), "ack_timeout_ms must be an integer from 1000 to 3600000 (got 999)"),
+        (json!({"ack_timeout_ms": -1}), "ack_timeout_ms must be an integer from 1000 to 3600000 (got -1)"),
+        (json!({"max_in_flight": 10_000}), "max_in_flight must be an integer from 1 to 1000 (got 10000)"),
+        (json!({"max_in_flight": 0}), "max_in_flight must be an integer from 1 to 1000 (got 0)"),
+        (
+            json!({"max_in_flight": 18_446_744_073_709_551_615u64}),
+            "max_in_flight must be an integer from 1 to 1000",
+        ),
+    ] {
+        let mut request = json!({"type": "subscribe", "topic": "q.*", "consumer": "c", "id": "s"});
+        if let (Some(r), Some(s)) = (request.as_object_mut(), setting.as_object()) {
+            r.extend(s.clone());
+        }
+        ws.send(Message::Text(request.to_string().into())).await?;
+        let reply = next_json(&mut ws).await?;
+        assert_eq!(
+            (reply["id"].as_str(), reply["status"].as_str(), reply["error"]["code"].as_str()),
+            (Some("s"), Some("error"), Some("invalid_message")),
+            "{setting}: {reply}"
+        );
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{setting}: {message}");
+    }
+    let ok = json!({"type": "subscribe", "topic": "q.*", "consumer": "c", "id": "ok",
+        "ack_timeout_ms": 1000, "max_in_flight": 1000});
+    ws.send(Message::Text(ok.to_string().into())).await?;
+    let reply = next_json(&mut ws).await?;
+    assert_eq!(reply["status"], "success", "{reply}");
+    assert_eq!(reply["data"]["max_in_flight"], 1000);
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())

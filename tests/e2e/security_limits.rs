@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::harness::{Pgtide, Server, WAIT};
+use crate::harness::{Pgtide, Server, TestDb, WAIT, run_pgtide};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -139,6 +139,72 @@ async fn exactly_once_flow_control_is_bounded() -> anyhow::Result<()> {
     let reply = next_json(&mut ws).await?;
     assert_eq!(reply["status"], "success", "{reply}");
     assert_eq!(reply["data"]["max_in_flight"], 1000);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+const SECRET: &str = "test-secret-0123456789abcdef";
+
+fn with_secret(db: &TestDb, extra: &[&str]) -> Vec<String> {
+    let mut args = db.run_args();
+    args.retain(|a| a != "--insecure-no-auth");
+    args.extend(["--jwt-secret".into(), SECRET.into()]);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// A correctly signed token without `exp` is refused with 401 naming why
+/// (over HTTP and at the WebSocket upgrade), while a `pgtide token` one
+/// (which always carries `exp`) is accepted; with
+/// `--allow-tokens-without-exp` the token without `exp` is accepted.
+#[tokio::test]
+async fn tokens_without_exp_are_refused_by_default() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let forever = pgtide_auth::sign_hs256_claims(SECRET, &json!({"sub": "x", "role": "admin"}))?;
+    let minted = {
+        let out = run_pgtide(&[
+            "token".into(),
+            "--jwt-secret".into(),
+            SECRET.into(),
+            "--sub".into(),
+            "x".into(),
+        ])
+        .await?;
+        anyhow::ensure!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)?.trim().to_owned()
+    };
+    let pgtide = Pgtide::start(&with_secret(&db, &[])).await?;
+    let events = pgtide.url("/v1/events");
+    let r = pgtide.http().get(&events).bearer_auth(&forever).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("exp is missing") && message.contains("--allow-tokens-without-exp"),
+        "{message}"
+    );
+    let ws_url = pgtide.url("/ws").replacen("http://", "ws://", 1);
+    match tokio_tungstenite::connect_async(format!("{ws_url}?token={forever}")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 401)
+        }
+        other => panic!("expected 401 at the upgrade, got {other:?}"),
+    }
+    let r = pgtide.http().get(&events).bearer_auth(&minted).send().await?;
+    assert_eq!(r.status().as_u16(), 200, "pgtide token sets exp");
+    pgtide.stop().await?;
+
+    let pgtide = Pgtide::start(&with_secret(&db, &["--allow-tokens-without-exp"])).await?;
+    let r = pgtide
+        .http()
+        .get(pgtide.url("/v1/events"))
+        .bearer_auth(&forever)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200, "allowed by the flag");
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())

@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// JWKS file or URL for RS256/ES256 JWT authentication.
     #[arg(long, env = "PGTIDE_JWKS")]
     pub jwks: Option<String>,
+    /// Accept tokens without an `exp` claim (they never expire). By default
+    /// they are refused with 401.
+    #[arg(long, env = "PGTIDE_ALLOW_TOKENS_WITHOUT_EXP")]
+    pub allow_tokens_without_exp: bool,
     /// Most events per store transaction.
     #[arg(long, env = "PGTIDE_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

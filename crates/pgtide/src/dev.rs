@@ -50,6 +50,7 @@ async fn serve(
         insecure_no_auth: false,
         jwt_secret: None,
         jwks: None,
+        allow_tokens_without_exp: false,
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),

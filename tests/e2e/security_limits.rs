@@ -3,6 +3,8 @@
 //! frame limit on every transport, slow headers and the connection limit,
 //! tokens without `exp`, and the bounds of `/ws/exactly-once` flow control.
 
+use std::time::Duration;
+
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -205,6 +207,226 @@ async fn tokens_without_exp_are_refused_by_default() -> anyhow::Result<()> {
         .send()
         .await?;
     assert_eq!(r.status().as_u16(), 200, "allowed by the flag");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Runs `tests/clients/socketio-oversize.mjs` for `phase` against pgtide;
+/// it must exit 0 and print one JSON line, which is returned.
+async fn oversize_script(pgtide: &Pgtide, phase: &str) -> anyhow::Result<Value> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients/socketio-oversize.mjs");
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .arg(&pgtide.base)
+            .arg(phase)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .context("the node script did not finish in time")??;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_str(stdout.trim())?)
+}
+
+/// A `/proc/<pid>/status` figure of the pgtide process, in KiB.
+fn proc_status_kib(pgtide: &Pgtide, field: &str) -> anyhow::Result<u64> {
+    let pid = pgtide.child.id().context("pgtide has exited")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+}
+
+/// Stored events whose topic matches `pattern`.
+async fn stored(pgtide: &Pgtide, pattern: &str) -> anyhow::Result<Vec<Value>> {
+    let page = pgtide.events(&format!("topics={pattern}&limit=1000")).await?;
+    Ok(page["events"].as_array().cloned().unwrap_or_default())
+}
+
+/// The official `socket.io-client` publishing 10 MB over WebSocket and over
+/// HTTP long-polling: both are refused (the connection is closed, no
+/// success ack) and nothing is stored, while 512 KiB publishes on both
+/// transports, sent first, are stored. Once those have warmed the buffers,
+/// the 10 MB publishes raise the process's peak memory by less than half
+/// their size: the payload is never held whole (the issue saw RSS
+/// 85 → 161 MB).
+#[tokio::test]
+async fn socket_io_publishes_over_1_mib_are_refused_on_every_transport() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let fits = oversize_script(&pgtide, "fits").await?;
+    let peak_before = proc_status_kib(&pgtide, "VmHWM:")?;
+    let big = oversize_script(&pgtide, "big").await?;
+    let peak_after = proc_status_kib(&pgtide, "VmHWM:")?;
+    for transport in ["websocket", "polling"] {
+        assert_eq!(fits[transport], "acked:success", "{fits}");
+        assert_eq!(stored(&pgtide, &format!("fits.{transport}")).await?.len(), 1);
+        let outcome = big[transport].as_str().unwrap_or_default();
+        assert!(outcome.starts_with("disconnected:"), "{transport}: {big}");
+    }
+    let stored_big = stored(&pgtide, "big.*").await?;
+    assert!(
+        stored_big.is_empty(),
+        "a 10 MB publish was stored: {:?}",
+        stored_big.first().map(|e| &e["topic"])
+    );
+    assert!(
+        peak_after.saturating_sub(peak_before) < 5 * 1000,
+        "peak memory grew {peak_before} → {peak_after} KiB"
+    );
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// The next engine.io text frame of a hand-spoken Socket.IO connection.
+async fn engine_io_frame(ws: &mut Ws) -> anyhow::Result<String> {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .context("no frame in time")?;
+        match msg {
+            Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                ws.send(Message::Text("3".into())).await?;
+            }
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => bail!("read error: {e}"),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Over Socket.IO's WebSocket transport, a frame whose header declares
+/// 10 MB is refused on the header: having sent the header and only 256 KiB
+/// of the payload, the client sees the connection closed, so the server
+/// never waits for (or buffers) the other 9.7 MB. Nothing is stored.
+#[tokio::test]
+async fn socket_io_websocket_frame_declaring_10_mb_is_cut_off_on_its_header() -> anyhow::Result<()>
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let url = pgtide
+        .url("/socket.io/?EIO=4&transport=websocket")
+        .replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
+        .await
+        .context("no WebSocket in time")??;
+    let open = engine_io_frame(&mut ws).await?;
+    anyhow::ensure!(open.starts_with('0'), "no engine.io open packet: {open}");
+    ws.send(Message::Text("40".into())).await?;
+    let connected = engine_io_frame(&mut ws).await?;
+    anyhow::ensure!(connected.starts_with("40"), "not connected: {connected}");
+
+    // From here on the client writes raw frames: a masked text frame
+    // declaring 10 MB, and only the first 256 KiB of it.
+    let MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+        bail!("expected a plain TCP stream");
+    };
+    const DECLARED: u64 = 10 * 1000 * 1000;
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81u8, 0x80 | 127];
+    frame.extend_from_slice(&DECLARED.to_be_bytes());
+    frame.extend_from_slice(&mask);
+    let mut payload = br#"42["publish",{"topic":"big.raw","data":{"blob":""#.to_vec();
+    payload.resize(256 * 1024, b'x');
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let written = tokio::time::timeout(WAIT, tcp.write_all(&frame)).await;
+    let cut_off = match written {
+        Ok(Err(_)) => true, // reset while writing: refused
+        Err(_) => bail!("writing 256 KiB took longer than {WAIT:?}"),
+        Ok(Ok(())) => {
+            // Closed means EOF, a reset, or a close frame (opcode 8).
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(_) if buf[0] == 0x88 => return true,
+                        Ok(_) => continue,
+                    }
+                }
+            })
+            .await
+            .unwrap_or(false)
+        }
+    };
+    assert!(
+        cut_off,
+        "the server kept the connection open, waiting for the rest of the 10 MB frame"
+    );
+    assert!(stored(&pgtide, "big.*").await?.is_empty());
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Over Socket.IO's HTTP long-polling transport, a POST declaring a 10 MB
+/// body gets 413 once the first MiB is past, while the client has sent only
+/// 2 MiB: the body is refused as it streams, never read whole. Nothing is
+/// stored.
+#[tokio::test]
+async fn socket_io_polling_body_over_1_mib_is_refused_as_it_streams() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = Pgtide::start(&db.run_args()).await?;
+    let polling = pgtide.url("/socket.io/?EIO=4&transport=polling");
+    let open = pgtide.http().get(&polling).send().await?.text().await?;
+    let sid = open
+        .strip_prefix('0')
+        .and_then(|json| serde_json::from_str::<Value>(json).ok())
+        .and_then(|v| v["sid"].as_str().map(str::to_owned))
+        .with_context(|| format!("no engine.io open packet: {open}"))?;
+    let with_sid = format!("{polling}&sid={sid}");
+    let r = pgtide.http().post(&with_sid).body("40").send().await?;
+    anyhow::ensure!(r.status().is_success(), "connect packet -> {}", r.status());
+
+    let addr = pgtide.base.trim_start_matches("http://");
+    let mut tcp = TcpStream::connect(addr).await?;
+    let path = with_sid.trim_start_matches(pgtide.base.as_str());
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    let mut body = br#"42["publish",{"topic":"big.poll","data":{"blob":""#.to_vec();
+    body.resize(2 * 1024 * 1024, b'x');
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    // The server may answer and close while this is still being written.
+    let _ = tokio::time::timeout(WAIT, tcp.write_all(&request)).await;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        read.is_ok() && text.starts_with("HTTP/1.1 413"),
+        "no 413 while the body was unfinished: {text:?}"
+    );
+    assert!(stored(&pgtide, "big.*").await?.is_empty());
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())

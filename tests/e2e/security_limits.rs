@@ -431,3 +431,112 @@ async fn socket_io_polling_body_over_1_mib_is_refused_as_it_streams() -> anyhow:
     db.cleanup().await;
     Ok(())
 }
+
+/// A client sending its request headers one byte a second is cut off once
+/// `--header-read-timeout` (2 s here) has passed, long before its headers
+/// (about 40 bytes) are complete; a client on time is served.
+#[tokio::test]
+async fn slow_headers_are_cut_off_at_the_header_read_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut args = db.run_args();
+    args.extend(["--header-read-timeout".into(), "2s".into()]);
+    let pgtide = Pgtide::start(&args).await?;
+    let addr = pgtide.base.trim_start_matches("http://").to_owned();
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+
+    let started = std::time::Instant::now();
+    let tcp = TcpStream::connect(&addr).await?;
+    let (mut read, mut write) = tcp.into_split();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let dribble = async {
+        for byte in request.as_bytes() {
+            tick.tick().await;
+            if write.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    let closed = async {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return answer,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            answer = closed => answer,
+            () = dribble => unreachable!("dribbling never ends by itself"),
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let answer = outcome.map_err(|_| {
+        anyhow::anyhow!("a slow client kept its connection for 10 s with a 2 s header read timeout")
+    })?;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        !text.contains("200 OK"),
+        "the slow request was served: {text:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "cut off only after {elapsed:?}"
+    );
+
+    let r = pgtide.http().get(pgtide.url("/healthz")).send().await?;
+    assert!(r.status().is_success());
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// With `--max-connections 3`, no more than three connections are open at
+/// once, upgraded WebSockets included: the next client waits (its upgrade
+/// does not complete) until one closes, and then is served.
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut args = db.run_args();
+    args.extend(["--max-connections".into(), "3".into()]);
+    let pgtide = Pgtide::start(&args).await?;
+    let url = pgtide.url("/ws").replacen("http://", "ws://", 1);
+    // The harness's own keep-alive connection (from waiting for readiness)
+    // may hold one of the three.
+    let mut held = Vec::new();
+    let mut pending = loop {
+        let mut attempt = Box::pin(tokio_tungstenite::connect_async(url.clone()));
+        match tokio::time::timeout(Duration::from_secs(1), &mut attempt).await {
+            Ok(ws) => held.push(ws?.0),
+            Err(_) => break attempt,
+        }
+        anyhow::ensure!(held.len() <= 3, "{} WebSockets open with --max-connections 3", held.len());
+    };
+    assert!(held.len() >= 2, "only {} WebSockets before the limit", held.len());
+    let mut first = held.remove(0);
+    first.close(None).await?;
+    tokio::time::timeout(WAIT, async { while first.next().await.is_some() {} })
+        .await
+        .context("the closed WebSocket did not end")?;
+    let (mut waiting, _) = tokio::time::timeout(WAIT, &mut pending)
+        .await
+        .context("the waiting client was not served after a connection closed")??;
+    waiting
+        .send(Message::Text(json!({"type": "ping", "id": 1}).to_string().into()))
+        .await?;
+    let pong = next_json(&mut waiting).await?;
+    assert_eq!(pong["data"]["pong"], true, "{pong}");
+    drop(held);
+    drop(waiting);
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

@@ -51,6 +51,8 @@ async fn serve(
         jwt_secret: None,
         jwks: None,
         allow_tokens_without_exp: false,
+        max_connections: 10_000,
+        header_read_timeout: std::time::Duration::from_secs(10),
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),

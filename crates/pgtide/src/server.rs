@@ -235,7 +235,16 @@ pub async fn start(
     });
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
-    let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));
+    let limits = pgtide_gateway::ConnectionLimits {
+        max_connections: serve.max_connections as usize,
+        header_read_timeout: serve.header_read_timeout,
+    };
+    let http = tokio::spawn(pgtide_gateway::serve(
+        listener,
+        state,
+        limits,
+        shutdown.clone(),
+    ));
     Ok(Running {
         addr,
         cdc,

@@ -68,14 +68,22 @@ async fn webhooks_to_special_purpose_addresses_are_refused() -> anyhow::Result<(
         .await?
         .json()
         .await?;
-    assert_eq!(listed["webhooks"], json!([]), "nothing was stored: {listed}");
+    assert_eq!(
+        listed["webhooks"],
+        json!([]),
+        "nothing was stored: {listed}"
+    );
     let r = pgtide
         .http()
         .post(pgtide.url("/v1/webhooks"))
         .json(&json!({"url": "https://[64:ff9b::808:808]/hook"}))
         .send()
         .await?;
-    assert_eq!(r.status().as_u16(), 201, "NAT64 of a public address is public");
+    assert_eq!(
+        r.status().as_u16(),
+        201,
+        "NAT64 of a public address is public"
+    );
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())
@@ -111,11 +119,26 @@ async fn exactly_once_flow_control_is_bounded() -> anyhow::Result<()> {
         .replacen("http://", "ws://", 1);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
     for (setting, needle) in [
-        (json!({"ack_timeout_ms": 1}), "ack_timeout_ms must be an integer from 1000 to 3600000 (got 1)"),
-        (json!({"ack_timeout_ms": 999}), "ack_timeout_ms must be an integer from 1000 to 3600000 (got 999)"),
-        (json!({"ack_timeout_ms": -1}), "ack_timeout_ms must be an integer from 1000 to 3600000 (got -1)"),
-        (json!({"max_in_flight": 10_000}), "max_in_flight must be an integer from 1 to 1000 (got 10000)"),
-        (json!({"max_in_flight": 0}), "max_in_flight must be an integer from 1 to 1000 (got 0)"),
+        (
+            json!({"ack_timeout_ms": 1}),
+            "ack_timeout_ms must be an integer from 1000 to 3600000 (got 1)",
+        ),
+        (
+            json!({"ack_timeout_ms": 999}),
+            "ack_timeout_ms must be an integer from 1000 to 3600000 (got 999)",
+        ),
+        (
+            json!({"ack_timeout_ms": -1}),
+            "ack_timeout_ms must be an integer from 1000 to 3600000 (got -1)",
+        ),
+        (
+            json!({"max_in_flight": 10_000}),
+            "max_in_flight must be an integer from 1 to 1000 (got 10000)",
+        ),
+        (
+            json!({"max_in_flight": 0}),
+            "max_in_flight must be an integer from 1 to 1000 (got 0)",
+        ),
         (
             json!({"max_in_flight": 18_446_744_073_709_551_615u64}),
             "max_in_flight must be an integer from 1 to 1000",
@@ -128,7 +151,11 @@ async fn exactly_once_flow_control_is_bounded() -> anyhow::Result<()> {
         ws.send(Message::Text(request.to_string().into())).await?;
         let reply = next_json(&mut ws).await?;
         assert_eq!(
-            (reply["id"].as_str(), reply["status"].as_str(), reply["error"]["code"].as_str()),
+            (
+                reply["id"].as_str(),
+                reply["status"].as_str(),
+                reply["error"]["code"].as_str()
+            ),
             (Some("s"), Some("error"), Some("invalid_message")),
             "{setting}: {reply}"
         );
@@ -179,7 +206,12 @@ async fn tokens_without_exp_are_refused_by_default() -> anyhow::Result<()> {
     };
     let pgtide = Pgtide::start(&with_secret(&db, &[])).await?;
     let events = pgtide.url("/v1/events");
-    let r = pgtide.http().get(&events).bearer_auth(&forever).send().await?;
+    let r = pgtide
+        .http()
+        .get(&events)
+        .bearer_auth(&forever)
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 401);
     let body: Value = r.json().await?;
     assert_eq!(body["error"]["code"], "unauthorized", "{body}");
@@ -195,7 +227,12 @@ async fn tokens_without_exp_are_refused_by_default() -> anyhow::Result<()> {
         }
         other => panic!("expected 401 at the upgrade, got {other:?}"),
     }
-    let r = pgtide.http().get(&events).bearer_auth(&minted).send().await?;
+    let r = pgtide
+        .http()
+        .get(&events)
+        .bearer_auth(&minted)
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 200, "pgtide token sets exp");
     pgtide.stop().await?;
 
@@ -250,7 +287,9 @@ fn proc_status_kib(pgtide: &Pgtide, field: &str) -> anyhow::Result<u64> {
 
 /// Stored events whose topic matches `pattern`.
 async fn stored(pgtide: &Pgtide, pattern: &str) -> anyhow::Result<Vec<Value>> {
-    let page = pgtide.events(&format!("topics={pattern}&limit=1000")).await?;
+    let page = pgtide
+        .events(&format!("topics={pattern}&limit=1000"))
+        .await?;
     Ok(page["events"].as_array().cloned().unwrap_or_default())
 }
 
@@ -272,7 +311,10 @@ async fn socket_io_publishes_over_1_mib_are_refused_on_every_transport() -> anyh
     let peak_after = proc_status_kib(&pgtide, "VmHWM:")?;
     for transport in ["websocket", "polling"] {
         assert_eq!(fits[transport], "acked:success", "{fits}");
-        assert_eq!(stored(&pgtide, &format!("fits.{transport}")).await?.len(), 1);
+        assert_eq!(
+            stored(&pgtide, &format!("fits.{transport}")).await?.len(),
+            1
+        );
         let outcome = big[transport].as_str().unwrap_or_default();
         assert!(outcome.starts_with("disconnected:"), "{transport}: {big}");
     }
@@ -518,9 +560,17 @@ async fn connections_beyond_the_limit_wait_until_one_closes() -> anyhow::Result<
             Ok(ws) => held.push(ws?.0),
             Err(_) => break attempt,
         }
-        anyhow::ensure!(held.len() <= 3, "{} WebSockets open with --max-connections 3", held.len());
+        anyhow::ensure!(
+            held.len() <= 3,
+            "{} WebSockets open with --max-connections 3",
+            held.len()
+        );
     };
-    assert!(held.len() >= 2, "only {} WebSockets before the limit", held.len());
+    assert!(
+        held.len() >= 2,
+        "only {} WebSockets before the limit",
+        held.len()
+    );
     let mut first = held.remove(0);
     first.close(None).await?;
     tokio::time::timeout(WAIT, async { while first.next().await.is_some() {} })
@@ -530,7 +580,9 @@ async fn connections_beyond_the_limit_wait_until_one_closes() -> anyhow::Result<
         .await
         .context("the waiting client was not served after a connection closed")??;
     waiting
-        .send(Message::Text(json!({"type": "ping", "id": 1}).to_string().into()))
+        .send(Message::Text(
+            json!({"type": "ping", "id": 1}).to_string().into(),
+        ))
         .await?;
     let pong = next_json(&mut waiting).await?;
     assert_eq!(pong["data"]["pong"], true, "{pong}");

@@ -469,7 +469,10 @@ mod tests {
             strict(json!({"sub": "s", "exp": null})),
             Err(AuthError::InvalidClaims(m)) if m.starts_with("exp is missing")
         ));
-        assert_eq!(strict(json!({"sub": "s", "exp": NOW + 1})).unwrap().exp, Some(NOW + 1));
+        assert_eq!(
+            strict(json!({"sub": "s", "exp": NOW + 1})).unwrap().exp,
+            Some(NOW + 1)
+        );
         assert_eq!(read(json!({"sub": "s"})).unwrap().exp, None);
     }
 

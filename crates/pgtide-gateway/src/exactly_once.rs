@@ -526,11 +526,21 @@ mod tests {
     #[test]
     fn flow_control_settings_are_bounded_and_named() {
         let check = |v: Value| bounded("ack_timeout_ms", Some(&v), 30_000, &ACK_TIMEOUT_MS);
-        assert_eq!(bounded("ack_timeout_ms", None, 30_000, &ACK_TIMEOUT_MS), Ok(30_000));
+        assert_eq!(
+            bounded("ack_timeout_ms", None, 30_000, &ACK_TIMEOUT_MS),
+            Ok(30_000)
+        );
         assert_eq!(check(Value::Null), Ok(30_000));
         assert_eq!(check(json!(1000)), Ok(1000));
         assert_eq!(check(json!(3_600_000)), Ok(3_600_000));
-        for bad in [json!(1), json!(999), json!(3_600_001), json!(-5), json!(1.5), json!("2000")] {
+        for bad in [
+            json!(1),
+            json!(999),
+            json!(3_600_001),
+            json!(-5),
+            json!(1.5),
+            json!("2000"),
+        ] {
             let message = check(bad.clone()).unwrap_err();
             assert_eq!(
                 message,

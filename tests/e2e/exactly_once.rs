@@ -74,7 +74,7 @@ async fn acks_nacks_timeouts_and_flow_control() -> anyhow::Result<()> {
     subscribe(
         &mut ws,
         "c1",
-        json!({"max_in_flight": 2, "ack_timeout_ms": 700}),
+        json!({"max_in_flight": 2, "ack_timeout_ms": 1000}),
     )
     .await?;
     let mut seqs = Vec::new();

@@ -672,7 +672,7 @@ async fn private_targets_are_refused_without_the_flag() -> anyhow::Result<()> {
             "{body}"
         );
     }
-    let (status, body) = create(&pgtide, json!({"url": "https://203.0.113.7/hook"})).await?;
+    let (status, body) = create(&pgtide, json!({"url": "https://93.184.215.14/hook"})).await?;
     assert_eq!(status, 201, "{body}");
     // The patch is checked the same way.
     let r = pgtide

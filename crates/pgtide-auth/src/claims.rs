@@ -169,9 +169,21 @@ impl Claims {
     }
 
     /// Reads the claim set of a token whose signature has been checked, and
-    /// enforces `exp` and `nbf` against `now` (seconds since the epoch).
-    pub(crate) fn from_payload(payload: &Map<String, Value>, now: i64) -> Result<Claims> {
+    /// enforces `exp` and `nbf` against `now` (seconds since the epoch), both
+    /// with [`LEEWAY_SECS`]. With `require_exp`, a token without `exp` is
+    /// refused.
+    pub(crate) fn from_payload(
+        payload: &Map<String, Value>,
+        now: i64,
+        require_exp: bool,
+    ) -> Result<Claims> {
         let exp = numeric_date(payload, "exp")?;
+        if require_exp && exp.is_none() {
+            return Err(invalid(
+                "exp is missing: this server accepts only tokens that expire (pgtide token sets exp; \
+                 pgtide --allow-tokens-without-exp accepts tokens without)",
+            ));
+        }
         if exp.is_some_and(|exp| now > exp.saturating_add(LEEWAY_SECS)) {
             return Err(AuthError::Expired);
         }
@@ -291,7 +303,7 @@ mod tests {
         let Value::Object(map) = payload else {
             panic!("test payload must be an object")
         };
-        Claims::from_payload(&map, NOW)
+        Claims::from_payload(&map, NOW, false)
     }
 
     fn pats(texts: &[&str]) -> Option<Vec<Pattern>> {
@@ -439,6 +451,29 @@ mod tests {
             invalid_message(json!({"sub": "s", "sql": "yes"})),
             "sql must be true or false"
         );
+    }
+
+    #[test]
+    fn exp_is_required_unless_allowed() {
+        let strict = |payload: Value| {
+            let Value::Object(map) = payload else {
+                panic!("test payload must be an object")
+            };
+            Claims::from_payload(&map, NOW, true)
+        };
+        assert!(matches!(
+            strict(json!({"sub": "s"})),
+            Err(AuthError::InvalidClaims(m)) if m.starts_with("exp is missing")
+        ));
+        assert!(matches!(
+            strict(json!({"sub": "s", "exp": null})),
+            Err(AuthError::InvalidClaims(m)) if m.starts_with("exp is missing")
+        ));
+        assert_eq!(
+            strict(json!({"sub": "s", "exp": NOW + 1})).unwrap().exp,
+            Some(NOW + 1)
+        );
+        assert_eq!(read(json!({"sub": "s"})).unwrap().exp, None);
     }
 
     #[test]

@@ -37,9 +37,18 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Configured verification: the `--jwt-secret` or the `--jwks` keys.
+/// Configured verification: the `--jwt-secret` or the `--jwks` keys, and
+/// whether a token must carry `exp` (it must, unless
+/// `--allow-tokens-without-exp`: a token that never expires cannot be taken
+/// back short of changing the key).
 #[derive(Debug, Clone)]
-pub enum Verifier {
+pub struct Verifier {
+    keys: Keys,
+    require_exp: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Keys {
     Hs256 { secret: Secret },
     Jwks(JwksVerifier),
 }
@@ -48,8 +57,11 @@ impl Verifier {
     /// Verifies HS256 tokens signed with `secret`. An empty or short secret
     /// is the caller's to refuse; this type takes what it is given.
     pub fn hs256(secret: &str) -> Verifier {
-        Verifier::Hs256 {
-            secret: Secret::new(secret),
+        Verifier {
+            keys: Keys::Hs256 {
+                secret: Secret::new(secret),
+            },
+            require_exp: true,
         }
     }
 
@@ -57,7 +69,17 @@ impl Verifier {
     /// selected by `kid`; URL keys are fetched at start, cached, and refetched
     /// (at most once per 30 s) when a token names an unknown kid.
     pub async fn jwks(source: &str) -> Result<Verifier> {
-        Ok(Verifier::Jwks(JwksVerifier::load(source).await?))
+        Ok(Verifier {
+            keys: Keys::Jwks(JwksVerifier::load(source).await?),
+            require_exp: true,
+        })
+    }
+
+    /// With `allow`, tokens without `exp` are accepted (and never expire);
+    /// by default they are refused.
+    pub fn allow_tokens_without_exp(mut self, allow: bool) -> Verifier {
+        self.require_exp = !allow;
+        self
     }
 
     /// The verified claims of `token` (the bare JWT, without `Bearer`).
@@ -67,8 +89,8 @@ impl Verifier {
 
     pub(crate) async fn verify_at(&self, token: &str, now: i64) -> Result<Claims> {
         let compact = jws::split(token)?;
-        match self {
-            Verifier::Hs256 { secret } => {
+        match &self.keys {
+            Keys::Hs256 { secret } => {
                 if compact.header.alg != "HS256" {
                     return Err(AuthError::Malformed(format!(
                         "alg {} is not accepted: this server verifies HS256 tokens",
@@ -78,12 +100,12 @@ impl Verifier {
                 let key = DecodingKey::from_secret(secret.as_bytes());
                 check_signature(&compact, &key, Algorithm::HS256)?;
             }
-            Verifier::Jwks(jwks) => {
+            Keys::Jwks(jwks) => {
                 let key = jwks.key_for(&compact.header).await?;
                 check_signature(&compact, &key.key, key.alg.algorithm())?;
             }
         }
-        Claims::from_payload(&compact.payload()?, now)
+        Claims::from_payload(&compact.payload()?, now, self.require_exp)
     }
 }
 
@@ -121,8 +143,10 @@ mod tests {
 
     const SECRET: &str = "test-secret-of-reasonable-length";
 
+    /// Claims with an `exp` an hour ahead, which `extra` may override.
     fn claims_json(extra: Value) -> Value {
-        let mut base = json!({"sub": "user-1", "org_id": 5, "role": "operator"});
+        let mut base =
+            json!({"sub": "user-1", "org_id": 5, "role": "operator", "exp": unix_now() + 3600});
         if let (Value::Object(base), Value::Object(extra)) = (&mut base, extra) {
             base.extend(extra);
         }
@@ -170,13 +194,33 @@ mod tests {
         let exp = claims.exp.unwrap();
         assert!((exp - unix_now() - 3600).abs() <= 5, "{exp}");
 
-        // The bare minimum: a reader with no expiry.
+        // The bare minimum: a reader with no expiry, accepted only when
+        // tokens without exp are allowed.
         let token = mint_hs256(SECRET, &TokenRequest::new("r")).unwrap();
-        let claims = verify_hs(&token).await.unwrap();
+        let claims = Verifier::hs256(SECRET)
+            .allow_tokens_without_exp(true)
+            .verify(&token)
+            .await
+            .unwrap();
         assert_eq!(
             (claims.role, claims.exp, claims.sql, claims.subscribe),
             (Role::Read, None, false, None)
         );
+    }
+
+    #[tokio::test]
+    async fn tokens_without_exp_are_refused_unless_allowed() {
+        for payload in [json!({"sub": "s"}), json!({"sub": "s", "exp": null})] {
+            let token = hs256(SECRET, &payload);
+            let err = verify_hs(&token).await.unwrap_err();
+            assert!(
+                matches!(&err, AuthError::InvalidClaims(m)
+                    if m.contains("exp is missing") && m.contains("--allow-tokens-without-exp")),
+                "{err}"
+            );
+            let allowing = Verifier::hs256(SECRET).allow_tokens_without_exp(true);
+            assert_eq!(allowing.verify(&token).await.unwrap().exp, None);
+        }
     }
 
     #[tokio::test]
@@ -478,7 +522,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(jwks.key_count(), 1);
-        let verifier = Verifier::Jwks(jwks);
+        let verifier = Verifier {
+            keys: Keys::Jwks(jwks),
+            require_exp: true,
+        };
         let payload = claims_json(json!({}));
         let rs = sign(rs256_header("rsa"), &payload, &rsa_encoding_key());
 

@@ -30,8 +30,13 @@ use crate::hub::Filter;
 use crate::ws::{TokenQuery, linger, oversized, too_large};
 use crate::{ApiError, AppState};
 
-const DEFAULT_MAX_IN_FLIGHT: usize = 100;
+const DEFAULT_MAX_IN_FLIGHT: u64 = 100;
+/// Each consumer holds at most this many events in memory, unacknowledged.
+const MAX_IN_FLIGHT: std::ops::RangeInclusive<u64> = 1..=1000;
 const DEFAULT_ACK_TIMEOUT_MS: u64 = 30_000;
+/// Below a second, timeouts turn into a redelivery storm; above an hour, a
+/// lost ack waits for the reconnect anyway.
+const ACK_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 1000..=3_600_000;
 
 /// Which connection holds each consumer on this node.
 #[derive(Clone, Default)]
@@ -92,8 +97,9 @@ struct Request {
     consumer: Option<String>,
     from_seq: Option<i64>,
     filter: Option<Value>,
-    max_in_flight: Option<usize>,
-    ack_timeout_ms: Option<u64>,
+    /// Read as JSON and checked by [`bounded`], so a bad value is named.
+    max_in_flight: Option<Value>,
+    ack_timeout_ms: Option<Value>,
     seq: Option<i64>,
 }
 
@@ -278,17 +284,21 @@ async fn subscribe(
     let filter_json = request.filter.clone().unwrap_or(json!({}));
     let filter: Filter = serde_json::from_value(filter_json.clone())
         .map_err(|e| ("invalid_filter", e.to_string()))?;
-    let max_in_flight = request.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
-    if !(1..=10_000).contains(&max_in_flight) {
-        return Err((
-            "invalid_message",
-            format!("max_in_flight {max_in_flight} must be 1 to 10000"),
-        ));
-    }
-    let ack_timeout_ms = request.ack_timeout_ms.unwrap_or(DEFAULT_ACK_TIMEOUT_MS);
-    if ack_timeout_ms == 0 {
-        return Err(("invalid_message", "ack_timeout_ms must be positive".into()));
-    }
+    let max_in_flight = bounded(
+        "max_in_flight",
+        request.max_in_flight.as_ref(),
+        DEFAULT_MAX_IN_FLIGHT,
+        &MAX_IN_FLIGHT,
+    )
+    .map_err(|m| ("invalid_message", m))?;
+    let max_in_flight = usize::try_from(max_in_flight).unwrap_or(usize::MAX);
+    let ack_timeout_ms = bounded(
+        "ack_timeout_ms",
+        request.ack_timeout_ms.as_ref(),
+        DEFAULT_ACK_TIMEOUT_MS,
+        &ACK_TIMEOUT_MS,
+    )
+    .map_err(|m| ("invalid_message", m))?;
     if let Some(from) = request.from_seq
         && from < 0
     {
@@ -338,6 +348,28 @@ async fn subscribe(
         "acked_seq": consumer.acked_seq,
         "max_in_flight": max_in_flight,
     }))
+}
+
+/// A flow-control setting: `default` when absent or null, else an integer
+/// within `range`; the error names the field and the bounds.
+fn bounded(
+    name: &str,
+    value: Option<&Value>,
+    default: u64,
+    range: &std::ops::RangeInclusive<u64>,
+) -> Result<u64, String> {
+    let value = match value {
+        None | Some(Value::Null) => return Ok(default),
+        Some(v) => v,
+    };
+    match value.as_u64() {
+        Some(n) if range.contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{name} must be an integer from {} to {} (got {value})",
+            range.start(),
+            range.end()
+        )),
+    }
 }
 
 async fn acknowledge(
@@ -485,4 +517,42 @@ async fn fill(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_control_settings_are_bounded_and_named() {
+        let check = |v: Value| bounded("ack_timeout_ms", Some(&v), 30_000, &ACK_TIMEOUT_MS);
+        assert_eq!(
+            bounded("ack_timeout_ms", None, 30_000, &ACK_TIMEOUT_MS),
+            Ok(30_000)
+        );
+        assert_eq!(check(Value::Null), Ok(30_000));
+        assert_eq!(check(json!(1000)), Ok(1000));
+        assert_eq!(check(json!(3_600_000)), Ok(3_600_000));
+        for bad in [
+            json!(1),
+            json!(999),
+            json!(3_600_001),
+            json!(-5),
+            json!(1.5),
+            json!("2000"),
+        ] {
+            let message = check(bad.clone()).unwrap_err();
+            assert_eq!(
+                message,
+                format!("ack_timeout_ms must be an integer from 1000 to 3600000 (got {bad})")
+            );
+        }
+        let in_flight = |v: Value| bounded("max_in_flight", Some(&v), 100, &MAX_IN_FLIGHT);
+        assert_eq!(in_flight(json!(1000)), Ok(1000));
+        assert!(in_flight(json!(0)).is_err());
+        assert_eq!(
+            in_flight(json!(1_000_000_000_000u64)).unwrap_err(),
+            "max_in_flight must be an integer from 1 to 1000 (got 1000000000000)"
+        );
+    }
 }

@@ -15,7 +15,9 @@
 //! `/` serves the admin page (`admin.html`).
 //! - [`webhooks`]: `/v1/webhooks`, their deliveries and test sends.
 //!
-//! [`serve`] takes a bound listener so tests can bind port 0.
+//! [`serve`] takes a bound listener so tests can bind port 0, and the
+//! [`ConnectionLimits`]: at most so many connections, and a bound on how
+//! long a client may take to send its headers.
 
 pub mod auth;
 pub mod error;
@@ -31,15 +33,21 @@ pub mod socketio;
 pub mod webhooks;
 pub mod ws;
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use pgtide_cdc::CdcStatus;
 use pgtide_store::Store;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -144,22 +152,159 @@ async fn ws_metrics(
     }))
 }
 
-/// Serves until `shutdown`, then finishes in-flight requests.
+/// Limits on client connections, so slow or many clients cannot exhaust the
+/// server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once (HTTP, WebSocket and Socket.IO
+    /// together, counted until the socket closes, upgraded or not); further
+    /// ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, from when the
+    /// server starts waiting for them: the first request, and every next one
+    /// on a keep-alive connection (so it is the idle timeout too).
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: 10_000,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Serves until `shutdown`, then stops accepting and finishes in-flight
+/// requests (upgraded WebSockets end with their own shutdown handling).
+///
+/// HTTP/1.1 with upgrades, one task per connection. A connection holds a
+/// permit of `limits.max_connections` in its socket, so the permit is
+/// returned when the socket closes, after an upgrade too.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY a frame written while the previous one is not yet
-    // acknowledged waits for the peer's delayed ACK (~40 ms): an event right
-    // after a reply arrived that late.
-    let listener = listener.tap_io(|tcp| {
+    let app = router(state);
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // Each connection task holds a receiver; all dropped means all finished.
+    let (finished_tx, finished_rx) = watch::channel(());
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+        };
+        // Without TCP_NODELAY a frame written while the previous one is not
+        // yet acknowledged waits for the peer's delayed ACK (~40 ms): an
+        // event right after a reply arrived that late.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY could not be set");
         }
-    });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        let io = TokioIo::new(Counted {
+            tcp,
+            _permit: permit,
+        });
+        let connection = http
+            .serve_connection(io, TowerToHyperService::new(app.clone()))
+            .with_upgrades();
+        let shutdown = shutdown.clone();
+        let finished = finished_rx.clone();
+        tokio::spawn(async move {
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(finished);
+        });
+    }
+    drop(listener);
+    drop(finished_rx);
+    finished_tx.closed().await;
+    Ok(())
+}
+
+/// After a failed accept: errors of the one connection (reset before
+/// accepted) are skipped; others (out of file descriptors) are logged and
+/// waited out for a moment instead of spinning.
+async fn accept_failed(e: &std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// A client socket that holds its connection permit until it is dropped.
+struct Counted {
+    tcp: TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
 }

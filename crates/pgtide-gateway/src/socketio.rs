@@ -16,7 +16,7 @@ use socketioxide::extract::{AckSender, Data, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::Sid;
-use socketioxide::{SendError, SocketError, SocketIo};
+use socketioxide::{ParserConfig, SendError, SocketError, SocketIo};
 use tokio::sync::Mutex;
 
 use crate::AppState;
@@ -25,9 +25,19 @@ use crate::hub::{Outgoing, dropped_notice};
 use crate::session::{Refusal, Request, Session};
 
 /// The Socket.IO layer to put on the router.
+///
+/// Every transport takes at most [`crate::MAX_BODY`] (1 MiB) per message, as
+/// the handshake's `maxPayload` says: an HTTP long-polling body is cut off
+/// once it passes the limit, and over WebSocket a frame whose header declares
+/// more, or a fragmented message that grows past it, closes the connection
+/// before its payload is read (the WebSocket default would buffer 64 MiB).
+/// Binary attachments together are held to the same limit.
 pub fn layer(state: AppState) -> SocketIoLayer {
     let (layer, io) = SocketIo::builder()
         .max_payload(crate::MAX_BODY as u64)
+        .ws_max_message_size(crate::MAX_BODY)
+        .ws_max_frame_size(crate::MAX_BODY)
+        .with_parser(ParserConfig::common().max_incoming_binary_buf_size(crate::MAX_BODY))
         .build_layer();
     // The middleware authenticates (it may await a JWKS fetch) and leaves the
     // caller here; the connect handler then registers the event handlers

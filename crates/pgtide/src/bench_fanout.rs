@@ -366,6 +366,8 @@ impl PgtideCommand {
             .arg("--mappings")
             .arg(self.work.join("mappings"))
             .args(["--insecure-no-auth", "--listen", "127.0.0.1:0"])
+            // The bench measures fan-out, not the connection limit.
+            .args(["--max-connections", "1000000"])
             .env("PGTIDE_LOG", "warn")
             .env_remove("TOKIO_WORKER_THREADS");
         let log = self.work.join(format!("pgtide-{label}.log"));

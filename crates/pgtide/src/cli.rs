@@ -127,6 +127,19 @@ pub struct ServeArgs {
     /// JWKS file or URL for RS256/ES256 JWT authentication.
     #[arg(long, env = "PGTIDE_JWKS")]
     pub jwks: Option<String>,
+    /// Accept tokens without an `exp` claim (they never expire). By default
+    /// they are refused with 401.
+    #[arg(long, env = "PGTIDE_ALLOW_TOKENS_WITHOUT_EXP")]
+    pub allow_tokens_without_exp: bool,
+    /// Most client connections open at once (HTTP, WebSocket and Socket.IO
+    /// together); more wait in the listen backlog until one closes.
+    #[arg(long, env = "PGTIDE_MAX_CONNECTIONS", default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// How long a client may take to send a request's headers (also how long
+    /// an idle keep-alive connection stays open).
+    #[arg(long, env = "PGTIDE_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
     /// Most events per store transaction.
     #[arg(long, env = "PGTIDE_MAX_BATCH", default_value_t = 5000)]
     pub max_batch: usize,

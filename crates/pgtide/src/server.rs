@@ -44,6 +44,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
 /// The configured authentication; `run` refuses to start without one unless
 /// `--insecure-no-auth` says so out loud.
 pub async fn auth(serve: &ServeArgs) -> anyhow::Result<Auth> {
+    let allow = serve.allow_tokens_without_exp;
+    if allow && !serve.insecure_no_auth {
+        tracing::warn!(
+            "--allow-tokens-without-exp: tokens without exp are accepted and never expire"
+        );
+    }
     match (&serve.jwt_secret, &serve.jwks, serve.insecure_no_auth) {
         (Some(_), Some(_), _) => bail!("give --jwt-secret or --jwks, not both"),
         (Some(secret), None, _) => {
@@ -52,12 +58,15 @@ pub async fn auth(serve: &ServeArgs) -> anyhow::Result<Auth> {
                     "--jwt-secret is too short: use at least 16 characters (32 random bytes is better)"
                 );
             }
-            Ok(Auth::Jwt(Verifier::hs256(secret)))
+            Ok(Auth::Jwt(
+                Verifier::hs256(secret).allow_tokens_without_exp(allow),
+            ))
         }
         (None, Some(source), _) => Ok(Auth::Jwt(
             Verifier::jwks(source)
                 .await
-                .map_err(|e| anyhow::anyhow!("--jwks {source}: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("--jwks {source}: {e}"))?
+                .allow_tokens_without_exp(allow),
         )),
         (None, None, true) => {
             tracing::warn!(
@@ -238,7 +247,16 @@ pub async fn start(
     });
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
-    let http = tokio::spawn(pgtide_gateway::serve(listener, state, shutdown.clone()));
+    let limits = pgtide_gateway::ConnectionLimits {
+        max_connections: serve.max_connections as usize,
+        header_read_timeout: serve.header_read_timeout,
+    };
+    let http = tokio::spawn(pgtide_gateway::serve(
+        listener,
+        state,
+        limits,
+        shutdown.clone(),
+    ));
     Ok(Running {
         addr,
         cdc,

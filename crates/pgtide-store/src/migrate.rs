@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "webhook_rate",
         include_str!("../../../sql/006_webhook_rate.sql"),
     ),
+    (
+        9,
+        "topic_owner",
+        include_str!("../../../sql/009_topic_owner.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.
@@ -96,6 +101,30 @@ pub async fn is_current(client: &tokio_postgres::Client) -> Result<bool> {
         Ok(row) => Ok(row.get::<_, Option<i32>>(0) == Some(newest)),
         Err(e) if e.as_db_error().is_some() => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+    use pgtide_core::reserved::{RESERVED_TOPIC_PREFIXES, RESERVED_TYPE_PREFIXES};
+
+    fn sql_list(items: &[&str]) -> String {
+        let quoted: Vec<String> = items.iter().map(|p| format!("'{p}'")).collect();
+        format!("IN ({})", quoted.join(", "))
+    }
+
+    /// `pgtide.publish()`'s reserved lists are the Rust rule's, in its order.
+    #[test]
+    fn sql_publish_refuses_what_the_rust_rule_refuses() {
+        let newest_publish = MIGRATIONS
+            .iter()
+            .rev()
+            .find(|(_, _, sql)| sql.contains("FUNCTION pgtide.publish("))
+            .map(|(_, _, sql)| *sql)
+            .unwrap_or_default();
+        assert!(newest_publish.contains(&sql_list(&RESERVED_TOPIC_PREFIXES)));
+        assert!(newest_publish.contains(&sql_list(&RESERVED_TYPE_PREFIXES)));
     }
 }
 

@@ -238,6 +238,7 @@ async fn page(
     params: &EventsParams,
 ) -> Result<Json<EventsPage>, ApiError> {
     let mut query = params.to_query()?;
+    caller.require_readable(&query.topics)?;
     query.org_scope = caller.org_scope();
     let events = state.store.query(&query).await?;
     let next_after_seq = if events.len() as i64 == query.limit {
@@ -251,9 +252,13 @@ async fn page(
     }))
 }
 
-/// Stored events the caller may see, filtered, in ascending `seq`.
+/// Stored events the caller may see, filtered, in ascending `seq`. A token
+/// with a `subscribe` claim must name `topics` its claim covers (403 otherwise).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsParams),
-    responses((status = 200, description = "One page", body = EventsPage)))]
+    responses(
+        (status = 200, description = "One page", body = EventsPage),
+        (status = 403, description = "`topics` absent or wider than the token's `subscribe` claim", body = crate::openapi::ErrorBody),
+    ))]
 async fn query_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,7 +287,8 @@ pub struct ReplayRequest {
     request_body = ReplayRequest,
     responses(
         (status = 200, description = "One page", body = EventsPage),
-        (status = 404, description = "No stored event with `from_event_id`", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`topics` absent or wider than the token's `subscribe` claim", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No stored event with `from_event_id` that the caller may read", body = crate::openapi::ErrorBody),
     ))]
 async fn replay_events(
     State(state): State<AppState>,
@@ -290,6 +296,16 @@ async fn replay_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let req: ReplayRequest = json_body(body)?;
+    let mut params = EventsParams {
+        event_types: (!req.event_types.is_empty()).then(|| req.event_types.join(",")),
+        topics: (!req.topics.is_empty()).then(|| req.topics.join(",")),
+        start_time: None,
+        end_time: None,
+        after_seq: None,
+        limit: req.limit,
+    };
+    // The read rule first, so a refused read learns nothing of the id.
+    caller.require_readable(&params.to_query()?.topics)?;
     let after = match (&req.from_event_id, req.from_seq) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -300,10 +316,14 @@ async fn replay_events(
             let ulid: ulid::Ulid = id.parse().map_err(|_| {
                 ApiError::bad_request(format!("from_event_id {id:?} is not a ULID"))
             })?;
+            // Another org's event, or one of a topic the token may not
+            // read, is answered like an unknown id.
             state
                 .store
-                .seq_of(ulid)
+                .seq_of(ulid, caller.org_scope())
                 .await?
+                .filter(|(_, topic)| caller.may_read_topic(topic))
+                .map(|(seq, _)| seq)
                 .ok_or_else(|| ApiError::not_found(format!("no stored event {id}")))?
         }
         (None, Some(seq)) if seq >= 0 => seq,
@@ -314,14 +334,7 @@ async fn replay_events(
         }
         (None, None) => 0,
     };
-    let params = EventsParams {
-        event_types: (!req.event_types.is_empty()).then(|| req.event_types.join(",")),
-        topics: (!req.topics.is_empty()).then(|| req.topics.join(",")),
-        start_time: None,
-        end_time: None,
-        after_seq: Some(after),
-        limit: req.limit,
-    };
+    params.after_seq = Some(after);
     page(&state, &caller, &params).await
 }
 

@@ -452,16 +452,23 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
-    /// The `seq` of the event with this id, for replays that start from an id.
-    pub async fn seq_of(&self, id: ulid::Ulid) -> Result<Option<i64>> {
+    /// The `seq` and topic of the event with this id, for replays that start
+    /// from an id; `None` as well when the event is outside `org_scope` (as
+    /// in [`EventQuery::org_scope`]), so another org's ids are not revealed.
+    pub async fn seq_of(
+        &self,
+        id: ulid::Ulid,
+        org_scope: Option<Option<i64>>,
+    ) -> Result<Option<(i64, String)>> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT seq FROM pgtide.events WHERE id = $1",
-                &[&uuid::Uuid::from(id)],
+                "SELECT seq, topic FROM pgtide.events
+                 WHERE id = $1 AND ($2 OR org_id IS NULL OR org_id = $3)",
+                &[&uuid::Uuid::from(id), &org_scope.is_none(), &org_scope.flatten()],
             )
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// Counts for `GET /v1/events/stats`, within a tenancy scope.

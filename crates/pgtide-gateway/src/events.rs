@@ -82,10 +82,14 @@ fn check_event_type(event_type: &str) -> Result<(), ApiError> {
 }
 
 /// Publishes one event; its `org_id` is the token's (an admin may set it).
+/// pgtide's own topics and types are refused (403 `reserved_topic`), and so
+/// are values PostgreSQL cannot store (400, naming the JSON pointer).
 #[utoipa::path(post, path = "/v1/events", tag = "events",
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Stored", body = PublishResponse),
+        (status = 400, description = "Malformed, or a value PostgreSQL cannot store (NUL, a number out of `numeric`'s range); `details` name the JSON pointer", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not allowed to publish here; `reserved_topic` for pgtide's own topics and types", body = crate::openapi::ErrorBody),
         (status = 422, description = "`data` does not match the topic's active schema", body = crate::openapi::ErrorBody),
     ))]
 async fn publish_event(
@@ -103,17 +107,22 @@ async fn publish_event(
         None => Topic::parse(&req.event_type)
             .map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")))?,
     };
-    if !caller.may_publish(topic.as_str()) {
-        return Err(forbidden(format!("this token may not publish to {topic}")));
-    }
     if req.org_id.is_some() && !caller.admin {
         return Err(forbidden(
             "only admins may set org_id; events take the token's org",
         ));
     }
-    if let Err(issues) = state.store.schemas().validate(topic.as_str(), &req.data) {
-        return Err(ApiError::invalid_payload(topic.as_str(), issues));
-    }
+    let mut texts = crate::publish::string_map("/attributes", &req.attributes);
+    texts.extend(
+        [("/correlation_id", &req.correlation_id), ("/source", &req.source)]
+            .into_iter()
+            .filter_map(|(pointer, text)| Some((pointer.to_owned(), text.as_deref()?))),
+    );
+    let draft = crate::publish::Draft {
+        json: vec![("/data", &req.data)],
+        texts,
+    };
+    crate::publish::check(&state, &caller, &topic, &req.event_type, &req.data, &draft)?;
     let mut event = NewEvent::new(
         topic.into_string(),
         req.event_type,

@@ -53,6 +53,7 @@ async fn serve(
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),
+        allow_reserved_publish: false,
         sql_role: None,
         sql_statement_timeout: std::time::Duration::from_secs(5),
         webhooks: WebhookArgs {

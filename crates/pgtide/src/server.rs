@@ -223,6 +223,7 @@ pub async fn start(
         exactly_once: Default::default(),
         webhooks,
         sql: sql_access(source, serve)?,
+        allow_reserved_publish: serve.allow_reserved_publish,
     });
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;

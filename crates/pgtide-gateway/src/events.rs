@@ -114,9 +114,12 @@ async fn publish_event(
     }
     let mut texts = crate::publish::string_map("/attributes", &req.attributes);
     texts.extend(
-        [("/correlation_id", &req.correlation_id), ("/source", &req.source)]
-            .into_iter()
-            .filter_map(|(pointer, text)| Some((pointer.to_owned(), text.as_deref()?))),
+        [
+            ("/correlation_id", &req.correlation_id),
+            ("/source", &req.source),
+        ]
+        .into_iter()
+        .filter_map(|(pointer, text)| Some((pointer.to_owned(), text.as_deref()?))),
     );
     let draft = crate::publish::Draft {
         json: vec![("/data", &req.data)],

@@ -96,13 +96,12 @@ impl From<Refused> for ApiError {
             Refused::Reserved(r) => {
                 ApiError::new(StatusCode::FORBIDDEN, "reserved_topic", r.to_string())
             }
-            Refused::Unstorable(u) => ApiError::bad_request(format!(
-                "{} cannot be stored: {}",
-                u.pointer, u.problem
-            ))
-            .with_details(vec![
-                json!({"pointer": u.pointer, "message": u.problem.to_string()}),
-            ]),
+            Refused::Unstorable(u) => {
+                ApiError::bad_request(format!("{} cannot be stored: {}", u.pointer, u.problem))
+                    .with_details(vec![
+                        json!({"pointer": u.pointer, "message": u.problem.to_string()}),
+                    ])
+            }
             Refused::Invalid { topic, issues } => ApiError::invalid_payload(&topic, issues),
         }
     }

@@ -482,7 +482,11 @@ impl Store {
             .query_opt(
                 "SELECT seq, topic FROM pgtide.events
                  WHERE id = $1 AND ($2 OR org_id IS NULL OR org_id = $3)",
-                &[&uuid::Uuid::from(id), &org_scope.is_none(), &org_scope.flatten()],
+                &[
+                    &uuid::Uuid::from(id),
+                    &org_scope.is_none(),
+                    &org_scope.flatten(),
+                ],
             )
             .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))

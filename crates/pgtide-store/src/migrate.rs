@@ -104,6 +104,13 @@ pub async fn is_current(client: &tokio_postgres::Client) -> Result<bool> {
     }
 }
 
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::MIGRATIONS;
@@ -125,12 +132,5 @@ mod tests {
             .unwrap_or_default();
         assert!(newest_publish.contains(&sql_list(&RESERVED_TOPIC_PREFIXES)));
         assert!(newest_publish.contains(&sql_list(&RESERVED_TYPE_PREFIXES)));
-    }
-}
-
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
     }
 }

@@ -11,6 +11,7 @@ mod harness;
 mod http;
 mod mappings;
 mod registry;
+mod security_api;
 mod sql_ws;
 mod tls;
 mod webhooks;

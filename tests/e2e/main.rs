@@ -11,6 +11,7 @@ mod harness;
 mod http;
 mod mappings;
 mod registry;
+mod security_api;
 mod security_limits;
 mod security_mappings;
 mod security_sql;

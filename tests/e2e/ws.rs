@@ -112,7 +112,11 @@ async fn node_check(script: &str, pgtide: &Pgtide) -> anyhow::Result<Value> {
 async fn patterns_deliver_exactly_their_topics() -> anyhow::Result<()> {
     let server = Server::shared().await?;
     let db = server.database().await?;
-    let pgtide = Pgtide::start(&db.run_args()).await?;
+    // The seed's table has `tables/users/**` topics, pgtide's own: only an
+    // admin (as --insecure-no-auth makes everyone) with this flag may publish there.
+    let mut args = db.run_args();
+    args.push("--allow-reserved-publish".into());
+    let pgtide = Pgtide::start(&args).await?;
     let patterns = ["jobs/abc-123", "jobs/*", "jobs/**", "tables/users/**", "**"];
     let mut clients = Vec::new();
     for (i, p) in patterns.iter().enumerate() {
@@ -619,7 +623,11 @@ async fn second_node_serves_and_takes_over_the_slot() -> anyhow::Result<()> {
 async fn node_ws_client_works() -> anyhow::Result<()> {
     let server = Server::shared().await?;
     let db = server.database().await?;
-    let pgtide = Pgtide::start(&db.run_args()).await?;
+    // The seed's table has `tables/users/**` topics, pgtide's own: only an
+    // admin (as --insecure-no-auth makes everyone) with this flag may publish there.
+    let mut args = db.run_args();
+    args.push("--allow-reserved-publish".into());
+    let pgtide = Pgtide::start(&args).await?;
     let report = node_check("ws-check.mjs", &pgtide).await?;
     assert_eq!(report["ok"], true);
     assert_eq!(report["patterns"], 5);

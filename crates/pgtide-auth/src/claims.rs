@@ -127,6 +127,15 @@ impl Claims {
         }
     }
 
+    /// Whether the token may read events of `topic` (dotted, valid): one of
+    /// its `subscribe` patterns matches it.
+    pub fn may_read_topic(&self, topic: &str) -> bool {
+        match &self.subscribe {
+            None => true,
+            Some(allowed) => allowed.iter().any(|grant| grant.matches(topic)),
+        }
+    }
+
     /// Whether the token may publish to `topic`, a concrete topic in dotted
     /// form (as `pgtide_core::Topic` gives it).
     pub fn may_publish(&self, topic: &str) -> bool {
@@ -537,6 +546,18 @@ mod tests {
         }
         assert!(with_role(Role::Admin).is_admin());
         assert!(!with_role(Role::Operator).is_admin());
+    }
+
+    #[test]
+    fn reading_a_topic_needs_a_matching_subscribe_grant() {
+        let claims = Claims {
+            subscribe: pats(&["orgdata.op2.**"]),
+            ..with_role(Role::Operator)
+        };
+        assert!(claims.may_read_topic("orgdata.op2.x"));
+        assert!(!claims.may_read_topic("tables.docs.insert"));
+        assert!(!claims.may_read_topic("orgdata.op2"));
+        assert!(with_role(Role::Read).may_read_topic("tables.docs.insert"));
     }
 
     #[test]

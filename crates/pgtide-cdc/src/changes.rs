@@ -352,6 +352,10 @@ pub fn publish_event(msg: &LogicalMessage, tx: &TxContext) -> Result<NewEvent, S
     let topic =
         pgtide_core::Topic::parse(&body.topic).map_err(|e| format!("pgtide.publish: {e}"))?;
     let event_type = body.event_type.unwrap_or_else(|| topic.as_str().to_owned());
+    // `pgtide.publish()` refuses these already; a message written with
+    // `pg_logical_emit_message` directly (open to every role) is refused here.
+    pgtide_core::reserved::check_reserved(&topic, &event_type)
+        .map_err(|e| format!("pgtide.publish message at {}: {e}", msg.lsn))?;
     let mut event = NewEvent::new(topic.into_string(), event_type, EventSource::Sql, body.data);
     event.ts = tx.commit_ts;
     event.attributes = body
@@ -528,12 +532,27 @@ mod tests {
         assert_eq!(e.attributes["n"], "2");
         let bad = LogicalMessage {
             content: Bytes::from_static(br#"{"topic":"a..b","data":1}"#),
-            ..msg
+            ..msg.clone()
         };
         assert!(
             publish_event(&bad, &tx())
                 .unwrap_err()
                 .contains("empty segment")
         );
+        // Forged messages for pgtide's own topics and types are refused.
+        for content in [
+            &br#"{"topic":"meta.ws","data":1}"#[..],
+            br#"{"topic":"orders.x","data":1,"event_type":"row.inserted"}"#,
+        ] {
+            let forged = LogicalMessage {
+                content: Bytes::from_static(content),
+                ..msg.clone()
+            };
+            assert!(
+                publish_event(&forged, &tx())
+                    .unwrap_err()
+                    .contains("reserved")
+            );
+        }
     }
 }

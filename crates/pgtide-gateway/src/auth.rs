@@ -99,6 +99,43 @@ impl Caller {
         self.claims.may_publish(topic)
     }
 
+    /// Whether the token's `subscribe` claim lets it read `topic`'s events.
+    pub fn may_read_topic(&self, topic: &str) -> bool {
+        self.claims.may_read_topic(topic)
+    }
+
+    /// The rule of `/ws` subscriptions, for reads of stored events: every
+    /// requested pattern must be covered by the token's `subscribe` claim;
+    /// a read wider than the grant is refused (403), never silently
+    /// narrowed, and so is a read of every topic (`topics` absent) by a
+    /// token with such a claim.
+    pub fn require_readable(&self, topics: &[Pattern]) -> Result<(), ApiError> {
+        let Some(grants) = &self.claims.subscribe else {
+            return Ok(());
+        };
+        let may_read = || {
+            if grants.is_empty() {
+                "this token may read no topics".to_owned()
+            } else {
+                let list: Vec<&str> = grants.iter().map(Pattern::as_str).collect();
+                format!("this token may read only {}", list.join(", "))
+            }
+        };
+        if topics.is_empty() {
+            return Err(forbidden(format!(
+                "{}: name them (or narrower patterns) in topics",
+                may_read()
+            )));
+        }
+        match topics.iter().find(|p| !self.may_subscribe(p)) {
+            Some(wide) => Err(forbidden(format!(
+                "this token may not read {wide}; {}",
+                may_read()
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// 403 unless the caller's role is at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.claims.role >= role {

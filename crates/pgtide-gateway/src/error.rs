@@ -61,6 +61,7 @@ impl From<pgtide_store::StoreError> for ApiError {
             E::NotFound(m) => return ApiError::not_found(m),
             E::Conflict(m) => return ApiError::new(StatusCode::CONFLICT, "conflict", m),
             E::ReadOnly(m) => return ApiError::new(StatusCode::CONFLICT, "read_only", m),
+            E::Forbidden(m) => return ApiError::new(StatusCode::FORBIDDEN, "forbidden", m),
             E::Invalid(m) => return ApiError::bad_request(m),
             E::Incompatible(reasons) => {
                 return ApiError::new(

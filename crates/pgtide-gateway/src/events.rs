@@ -82,10 +82,14 @@ fn check_event_type(event_type: &str) -> Result<(), ApiError> {
 }
 
 /// Publishes one event; its `org_id` is the token's (an admin may set it).
+/// pgtide's own topics and types are refused (403 `reserved_topic`), and so
+/// are values PostgreSQL cannot store (400, naming the JSON pointer).
 #[utoipa::path(post, path = "/v1/events", tag = "events",
     request_body = PublishRequest,
     responses(
         (status = 200, description = "Stored", body = PublishResponse),
+        (status = 400, description = "Malformed, or a value PostgreSQL cannot store (NUL, a number out of `numeric`'s range); `details` name the JSON pointer", body = crate::openapi::ErrorBody),
+        (status = 403, description = "Not allowed to publish here; `reserved_topic` for pgtide's own topics and types", body = crate::openapi::ErrorBody),
         (status = 422, description = "`data` does not match the topic's active schema", body = crate::openapi::ErrorBody),
     ))]
 async fn publish_event(
@@ -103,17 +107,25 @@ async fn publish_event(
         None => Topic::parse(&req.event_type)
             .map_err(|e| ApiError::bad_request(format!("invalid event_type: {e}")))?,
     };
-    if !caller.may_publish(topic.as_str()) {
-        return Err(forbidden(format!("this token may not publish to {topic}")));
-    }
     if req.org_id.is_some() && !caller.admin {
         return Err(forbidden(
             "only admins may set org_id; events take the token's org",
         ));
     }
-    if let Err(issues) = state.store.schemas().validate(topic.as_str(), &req.data) {
-        return Err(ApiError::invalid_payload(topic.as_str(), issues));
-    }
+    let mut texts = crate::publish::string_map("/attributes", &req.attributes);
+    texts.extend(
+        [
+            ("/correlation_id", &req.correlation_id),
+            ("/source", &req.source),
+        ]
+        .into_iter()
+        .filter_map(|(pointer, text)| Some((pointer.to_owned(), text.as_deref()?))),
+    );
+    let draft = crate::publish::Draft {
+        json: vec![("/data", &req.data)],
+        texts,
+    };
+    crate::publish::check(&state, &caller, &topic, &req.event_type, &req.data, &draft)?;
     let mut event = NewEvent::new(
         topic.into_string(),
         req.event_type,
@@ -238,6 +250,7 @@ async fn page(
     params: &EventsParams,
 ) -> Result<Json<EventsPage>, ApiError> {
     let mut query = params.to_query()?;
+    caller.require_readable(&query.topics)?;
     query.org_scope = caller.org_scope();
     let events = state.store.query(&query).await?;
     let next_after_seq = if events.len() as i64 == query.limit {
@@ -251,9 +264,13 @@ async fn page(
     }))
 }
 
-/// Stored events the caller may see, filtered, in ascending `seq`.
+/// Stored events the caller may see, filtered, in ascending `seq`. A token
+/// with a `subscribe` claim must name `topics` its claim covers (403 otherwise).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventsParams),
-    responses((status = 200, description = "One page", body = EventsPage)))]
+    responses(
+        (status = 200, description = "One page", body = EventsPage),
+        (status = 403, description = "`topics` absent or wider than the token's `subscribe` claim", body = crate::openapi::ErrorBody),
+    ))]
 async fn query_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,7 +299,8 @@ pub struct ReplayRequest {
     request_body = ReplayRequest,
     responses(
         (status = 200, description = "One page", body = EventsPage),
-        (status = 404, description = "No stored event with `from_event_id`", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`topics` absent or wider than the token's `subscribe` claim", body = crate::openapi::ErrorBody),
+        (status = 404, description = "No stored event with `from_event_id` that the caller may read", body = crate::openapi::ErrorBody),
     ))]
 async fn replay_events(
     State(state): State<AppState>,
@@ -290,6 +308,16 @@ async fn replay_events(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let req: ReplayRequest = json_body(body)?;
+    let mut params = EventsParams {
+        event_types: (!req.event_types.is_empty()).then(|| req.event_types.join(",")),
+        topics: (!req.topics.is_empty()).then(|| req.topics.join(",")),
+        start_time: None,
+        end_time: None,
+        after_seq: None,
+        limit: req.limit,
+    };
+    // The read rule first, so a refused read learns nothing of the id.
+    caller.require_readable(&params.to_query()?.topics)?;
     let after = match (&req.from_event_id, req.from_seq) {
         (Some(_), Some(_)) => {
             return Err(ApiError::bad_request(
@@ -300,10 +328,14 @@ async fn replay_events(
             let ulid: ulid::Ulid = id.parse().map_err(|_| {
                 ApiError::bad_request(format!("from_event_id {id:?} is not a ULID"))
             })?;
+            // Another org's event, or one of a topic the token may not
+            // read, is answered like an unknown id.
             state
                 .store
-                .seq_of(ulid)
+                .seq_of(ulid, caller.org_scope())
                 .await?
+                .filter(|(_, topic)| caller.may_read_topic(topic))
+                .map(|(seq, _)| seq)
                 .ok_or_else(|| ApiError::not_found(format!("no stored event {id}")))?
         }
         (None, Some(seq)) if seq >= 0 => seq,
@@ -314,14 +346,7 @@ async fn replay_events(
         }
         (None, None) => 0,
     };
-    let params = EventsParams {
-        event_types: (!req.event_types.is_empty()).then(|| req.event_types.join(",")),
-        topics: (!req.topics.is_empty()).then(|| req.topics.join(",")),
-        start_time: None,
-        end_time: None,
-        after_seq: Some(after),
-        limit: req.limit,
-    };
+    params.after_seq = Some(after);
     page(&state, &caller, &params).await
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`error`]: the one API error type and the contract's JSON error body.
 //! - [`events`]: `POST /v1/events` and `GET /v1/events`.
+//! - [`publish`]: the checks every client publish passes, on every transport.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`mappings`]: `GET /v1/mappings`, the running set and the last reload's errors.
 //! - [`hub`]: the one delivery path: store tailer, pattern index, bounded outboxes.
@@ -27,6 +28,7 @@ pub mod health;
 pub mod hub;
 pub mod mappings;
 pub mod openapi;
+pub mod publish;
 pub mod registry;
 pub mod session;
 pub mod socketio;
@@ -92,6 +94,9 @@ pub struct Services {
     pub webhooks: pgtide_webhooks::Dispatcher,
     /// SQL over WebSocket, when `--sql-role` turns it on.
     pub sql: Option<Arc<pgtide_sql::SqlAccess>>,
+    /// `--allow-reserved-publish`: admins may publish to pgtide's own
+    /// topics and types (see [`publish`]).
+    pub allow_reserved_publish: bool,
 }
 
 /// The whole router, and the OpenAPI document its annotated routes make.

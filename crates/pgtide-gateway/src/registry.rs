@@ -50,9 +50,22 @@ struct CreateTopic {
     name: String,
     description: Option<String>,
     compatibility: Option<String>,
+    /// The owner org (admins only; default: none, so only admins may
+    /// change the topic). Other callers' topics are owned by their org.
+    org_id: Option<i64>,
 }
 
-/// Registers a topic (operator).
+/// The registry writer a caller is: it may change only topics its org owns
+/// (admins: any not declared in a file), and error texts quote only events
+/// it may read.
+fn writer(caller: &Caller, topic: &str) -> Owner {
+    Owner::Api {
+        org_scope: caller.org_scope(),
+        reads_topic: caller.may_read_topic(topic),
+    }
+}
+
+/// Registers a topic (operator), owned by the caller's org.
 #[utoipa::path(post, path = "/v1/topics", tag = "registry", request_body = CreateTopic,
     responses(
         (status = 201, description = "The topic", body = Object),
@@ -66,12 +79,22 @@ async fn create_topic(
     caller.require(Role::Operator)?;
     let req: CreateTopic = json_body(body)?;
     let name = topic_name(&req.name)?;
+    let owner_org = if caller.admin {
+        req.org_id
+    } else if req.org_id.is_some() && req.org_id != caller.org_id() {
+        return Err(crate::auth::forbidden(
+            "only admins may set org_id; topics are owned by the token's org",
+        ));
+    } else {
+        caller.org_id()
+    };
     let topic = state
         .store
         .create_topic(
             &name,
             req.description.as_deref(),
             req.compatibility.as_deref(),
+            owner_org,
         )
         .await?;
     Ok((
@@ -104,11 +127,13 @@ struct PatchTopic {
     active_schema_version: Option<i32>,
 }
 
-/// Changes a topic's description, compatibility or active schema (operator).
+/// Changes a topic's description, compatibility or active schema (operator
+/// of the owner org, or admin).
 #[utoipa::path(patch, path = "/v1/topics/{topic}", tag = "registry", request_body = PatchTopic,
     params(("topic" = String, Path, description = "Topic name")),
     responses(
         (status = 200, description = "The topic", body = Object),
+        (status = 403, description = "Owned by another org, or by none (admins only)", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown topic or schema version", body = crate::openapi::ErrorBody),
         (status = 409, description = "Declared in a mapping file (read-only)", body = crate::openapi::ErrorBody),
     ))]
@@ -132,18 +157,21 @@ async fn patch_topic(
         compatibility: req.compatibility,
         active_schema_version: req.active_schema_version,
     };
+    let name = topic_name(&topic)?;
     let topic = state
         .store
-        .patch_topic(&topic_name(&topic)?, &patch, Owner::Api)
+        .patch_topic(&name, &patch, writer(&caller, &name))
         .await?;
     Ok(Json(serde_json::to_value(topic).unwrap_or(Value::Null)))
 }
 
-/// Deletes a topic and its schemas (operator); stored events stay.
+/// Deletes a topic and its schemas (operator of the owner org, or admin);
+/// stored events stay.
 #[utoipa::path(delete, path = "/v1/topics/{topic}", tag = "registry",
     params(("topic" = String, Path, description = "Topic name")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 403, description = "Owned by another org, or by none (admins only)", body = crate::openapi::ErrorBody),
         (status = 404, description = "Unknown topic", body = crate::openapi::ErrorBody),
     ))]
 async fn delete_topic(
@@ -152,9 +180,10 @@ async fn delete_topic(
     Path(topic): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
+    let name = topic_name(&topic)?;
     state
         .store
-        .delete_topic(&topic_name(&topic)?, Owner::Api)
+        .delete_topic(&name, writer(&caller, &name))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -180,11 +209,14 @@ struct RegisterSchema {
     schema: Value,
 }
 
-/// Registers the next schema version and makes it active (operator).
+/// Registers the next schema version and makes it active (operator of the
+/// owner org, or admin). Reasons quote only stored events the caller may
+/// read; the others are counted.
 #[utoipa::path(post, path = "/v1/topics/{topic}/schemas", tag = "registry", request_body = RegisterSchema,
     params(("topic" = String, Path, description = "Topic name")),
     responses(
         (status = 201, description = "`{\"topic\", \"version\"}`", body = Object),
+        (status = 403, description = "Owned by another org, or by none (admins only)", body = crate::openapi::ErrorBody),
         (status = 409, description = "Incompatible with the topic's compatibility mode; `details` hold the reasons", body = crate::openapi::ErrorBody),
     ))]
 async fn register_schema(
@@ -198,7 +230,7 @@ async fn register_schema(
     let topic = topic_name(&topic)?;
     let version = state
         .store
-        .register_schema(&topic, &req.schema, Owner::Api)
+        .register_schema(&topic, &req.schema, writer(&caller, &topic))
         .await?;
     Ok((
         StatusCode::CREATED,

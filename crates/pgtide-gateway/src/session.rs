@@ -166,28 +166,31 @@ impl Session {
             .as_deref()
             .ok_or(("invalid_message", "missing \"topic\"".to_owned()))?;
         let topic = Topic::parse(topic).map_err(|e| ("invalid_topic", e.to_string()))?;
-        if !self.caller.may_publish(topic.as_str()) {
-            return Err((
-                "forbidden",
-                format!("this token may not publish to {topic}"),
-            ));
-        }
         let event_type = request
             .event_type
             .unwrap_or_else(|| topic.as_str().to_owned());
         Topic::parse(&event_type)
             .map_err(|e| ("invalid_message", format!("invalid event_type: {e}")))?;
         let data = request.data.unwrap_or(Value::Null);
-        if let Err(issues) = self.state.store.schemas().validate(topic.as_str(), &data) {
-            let text: Vec<String> = issues
-                .iter()
-                .map(|i| format!("{} (at {:?})", i.message, i.pointer))
-                .collect();
-            return Err(("validation_failed", text.join("; ")));
+        let attributes = request.attributes.map(Value::Object);
+        let mut draft = crate::publish::Draft {
+            json: vec![("/data", &data)],
+            ..Default::default()
+        };
+        if let Some(attributes) = &attributes {
+            draft.json.push(("/attributes", attributes));
         }
+        crate::publish::check(
+            &self.state,
+            &self.caller,
+            &topic,
+            &event_type,
+            &data,
+            &draft,
+        )?;
         let mut event = NewEvent::new(topic.into_string(), event_type, self.source, data);
         event.org_id = self.caller.org_id();
-        if let Some(attributes) = request.attributes {
+        if let Some(Value::Object(attributes)) = attributes {
             event.attributes = attributes
                 .into_iter()
                 .map(|(k, v)| match v {
@@ -196,10 +199,18 @@ impl Session {
                 })
                 .collect();
         }
-        let stored = self.state.store.publish(vec![event]).await.map_err(|e| {
-            tracing::error!(error = %e, "publish failed");
-            ("internal", "the event could not be stored".to_owned())
-        })?;
+        let stored = self
+            .state
+            .store
+            .publish(vec![event])
+            .await
+            .map_err(|e| match e {
+                pgtide_store::StoreError::Invalid(m) => ("invalid_message", m),
+                e => {
+                    tracing::error!(error = %e, "publish failed");
+                    ("internal", "the event could not be stored".to_owned())
+                }
+            })?;
         let e = stored
             .first()
             .ok_or(("internal", "nothing stored".to_owned()))?;

@@ -332,13 +332,29 @@ pub(crate) async fn run_publish_writer(
                     let _ = r.reply.send(result);
                 }
             }
+            // Alone, the request gets the error itself: a value PostgreSQL
+            // cannot store is the client's mistake, not an outage.
             Err(e) => {
-                for r in group {
-                    let _ = r.reply.send(Err(StoreError::Unavailable(e.to_string())));
+                if let Some(r) = group.into_iter().next() {
+                    let _ = r.reply.send(Err(e));
                 }
             }
         }
     }
+}
+
+/// A value PostgreSQL refused to store (a NUL character, a number `numeric`
+/// cannot hold) as the caller's mistake. Publishers check for these first
+/// (`pgtide_core::storable`); this is the backstop.
+fn unstorable(e: StoreError) -> StoreError {
+    let refused = match &e {
+        StoreError::Query(q) => q.as_db_error().and_then(|db| {
+            matches!(db.code().code(), "22P05" | "22021" | "22003" | "22P02")
+                .then(|| format!("PostgreSQL cannot store this event: {}", db.message()))
+        }),
+        _ => None,
+    };
+    refused.map_or(e, StoreError::Invalid)
 }
 
 /// The stored form of events given consecutive seqs from `first`.
@@ -376,7 +392,8 @@ impl Store {
     async fn write_published(&self, events: &[NewEvent]) -> Result<i64> {
         let mut client = self.pool.get().await?;
         let written = insert_batch(&mut client, events, None)
-            .await?
+            .await
+            .map_err(unstorable)?
             .ok_or_else(|| StoreError::Invalid("no events to publish".into()))?;
         Ok(self.committed(written).first_seq)
     }
@@ -452,16 +469,27 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
-    /// The `seq` of the event with this id, for replays that start from an id.
-    pub async fn seq_of(&self, id: ulid::Ulid) -> Result<Option<i64>> {
+    /// The `seq` and topic of the event with this id, for replays that start
+    /// from an id; `None` as well when the event is outside `org_scope` (as
+    /// in [`EventQuery::org_scope`]), so another org's ids are not revealed.
+    pub async fn seq_of(
+        &self,
+        id: ulid::Ulid,
+        org_scope: Option<Option<i64>>,
+    ) -> Result<Option<(i64, String)>> {
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
-                "SELECT seq FROM pgtide.events WHERE id = $1",
-                &[&uuid::Uuid::from(id)],
+                "SELECT seq, topic FROM pgtide.events
+                 WHERE id = $1 AND ($2 OR org_id IS NULL OR org_id = $3)",
+                &[
+                    &uuid::Uuid::from(id),
+                    &org_scope.is_none(),
+                    &org_scope.flatten(),
+                ],
             )
             .await?;
-        Ok(row.map(|r| r.get(0)))
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// Counts for `GET /v1/events/stats`, within a tenancy scope.

@@ -50,6 +50,9 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     ReadOnly(String),
+    /// The caller may not do this (a topic of another org).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("incompatible schema: {}", .0.join("; "))]
     Incompatible(Vec<String>),
     #[error("migration {version} failed: {message}")]
@@ -75,6 +78,7 @@ impl StoreError {
             | StoreError::NotFound(_)
             | StoreError::Conflict(_)
             | StoreError::ReadOnly(_)
+            | StoreError::Forbidden(_)
             | StoreError::Incompatible(_)
             | StoreError::Migration { .. } => false,
         }

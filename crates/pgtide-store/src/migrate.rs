@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "mapping_owner",
         include_str!("../../../sql/008_mapping_owner.sql"),
     ),
+    (
+        9,
+        "topic_owner",
+        include_str!("../../../sql/009_topic_owner.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.
@@ -108,5 +113,29 @@ fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+    use pgtide_core::reserved::{RESERVED_TOPIC_PREFIXES, RESERVED_TYPE_PREFIXES};
+
+    fn sql_list(items: &[&str]) -> String {
+        let quoted: Vec<String> = items.iter().map(|p| format!("'{p}'")).collect();
+        format!("IN ({})", quoted.join(", "))
+    }
+
+    /// `pgtide.publish()`'s reserved lists are the Rust rule's, in its order.
+    #[test]
+    fn sql_publish_refuses_what_the_rust_rule_refuses() {
+        let newest_publish = MIGRATIONS
+            .iter()
+            .rev()
+            .find(|(_, _, sql)| sql.contains("FUNCTION pgtide.publish("))
+            .map(|(_, _, sql)| *sql)
+            .unwrap_or_default();
+        assert!(newest_publish.contains(&sql_list(&RESERVED_TOPIC_PREFIXES)));
+        assert!(newest_publish.contains(&sql_list(&RESERVED_TYPE_PREFIXES)));
     }
 }

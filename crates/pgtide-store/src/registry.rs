@@ -20,6 +20,9 @@ pub struct TopicRecord {
     pub active_schema_version: i32,
     /// True for topics declared in mapping files: the API may not change them.
     pub read_only: bool,
+    /// The org that owns the topic: only it, or an admin, may change or
+    /// delete it. `None`: only admins may.
+    pub org_id: Option<i64>,
     pub source_file: Option<String>,
     pub created_at: String,
     pub updated_at: String,
@@ -45,8 +48,39 @@ pub struct TopicPatch {
 /// Who is writing: the API may not touch file-owned topics; file loads may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner {
-    Api,
+    /// An API caller.
+    Api {
+        /// `None` for admins, who may change any topic not declared in a
+        /// file; `Some(org)` for others, who may change only topics `org`
+        /// owns (never those without an owner org).
+        org_scope: Option<Option<i64>>,
+        /// Whether the caller may read the topic's events at all (its
+        /// token's `subscribe` claim covers the topic); if not, error texts
+        /// quote none of them.
+        reads_topic: bool,
+    },
     File,
+}
+
+impl Owner {
+    /// Whether an error text may quote a stored event of `event_org`.
+    fn may_quote(self, event_org: Option<i64>) -> bool {
+        match self {
+            // A file load's errors are shown to any caller of
+            // `GET /v1/mappings`: quote only events of no org.
+            Owner::File => event_org.is_none(),
+            Owner::Api {
+                org_scope,
+                reads_topic,
+            } => {
+                reads_topic
+                    && match org_scope {
+                        None => true,
+                        Some(org) => event_org.is_none() || event_org == org,
+                    }
+            }
+        }
+    }
 }
 
 pub const COMPATIBILITY_MODES: [&str; 4] = ["backward", "none", "forward", "full"];
@@ -169,13 +203,14 @@ fn topic_from_row(row: &tokio_postgres::Row) -> TopicRecord {
         compatibility: row.get("compatibility"),
         active_schema_version: row.get("active_schema_version"),
         read_only: owner == "file",
+        org_id: row.get("org_id"),
         source_file: row.get("source_file"),
         created_at: ts(row.get("created_at")),
         updated_at: ts(row.get("updated_at")),
     }
 }
 
-const TOPIC_COLUMNS: &str = "name, description, compatibility, active_schema_version, owner, source_file, created_at, updated_at";
+const TOPIC_COLUMNS: &str = "name, description, compatibility, active_schema_version, owner, org_id, source_file, created_at, updated_at";
 
 fn check_compatibility_mode(mode: &str) -> Result<()> {
     if COMPATIBILITY_MODES.contains(&mode) {
@@ -211,12 +246,14 @@ impl Store {
         Ok(topic_from_row(&row))
     }
 
-    /// Creates a topic; 409 when it exists.
+    /// Creates a topic owned by `org_id` (`None`: no owner org, so only
+    /// admins may change it); 409 when it exists.
     pub async fn create_topic(
         &self,
         name: &str,
         description: Option<&str>,
         compatibility: Option<&str>,
+        org_id: Option<i64>,
     ) -> Result<TopicRecord> {
         let compatibility = compatibility.unwrap_or("backward");
         check_compatibility_mode(compatibility)?;
@@ -224,10 +261,10 @@ impl Store {
         let row = client
             .query_opt(
                 &format!(
-                    "INSERT INTO pgtide.topics (name, description, compatibility) VALUES ($1, $2, $3)
+                    "INSERT INTO pgtide.topics (name, description, compatibility, org_id) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (name) DO NOTHING RETURNING {TOPIC_COLUMNS}"
                 ),
-                &[&name, &description, &compatibility],
+                &[&name, &description, &compatibility, &org_id],
             )
             .await?
             .ok_or_else(|| StoreError::Conflict(format!("topic {name:?} already exists")))?;
@@ -336,6 +373,7 @@ impl Store {
             &current.compatibility,
             previous.as_ref(),
             schema,
+            owner,
         )
         .await?;
         if !reasons.is_empty() {
@@ -379,7 +417,7 @@ impl Store {
                     "INSERT INTO pgtide.topics (name, description, compatibility, owner, source_file)
                      VALUES ($1, $2, $3, 'file', $4)
                      ON CONFLICT (name) DO UPDATE SET description = excluded.description,
-                         compatibility = excluded.compatibility, owner = 'file',
+                         compatibility = excluded.compatibility, owner = 'file', org_id = NULL,
                          source_file = excluded.source_file, updated_at = now()",
                     &[&name, &description, &compatibility, &source_file],
                 )
@@ -414,7 +452,8 @@ impl Store {
 }
 
 /// Locks the topic's row for the rest of the transaction and refuses API
-/// writes to file-owned topics.
+/// writes to file-owned topics and, for non-admins, to topics their org
+/// does not own.
 async fn lock_topic(tx: &impl GenericClient, name: &str, owner: Owner) -> Result<TopicRecord> {
     let row = tx
         .query_opt(
@@ -424,11 +463,24 @@ async fn lock_topic(tx: &impl GenericClient, name: &str, owner: Owner) -> Result
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("no topic {name:?}")))?;
     let topic = topic_from_row(&row);
-    if topic.read_only && owner == Owner::Api {
+    let Owner::Api { org_scope, .. } = owner else {
+        return Ok(topic);
+    };
+    if topic.read_only {
         return Err(StoreError::ReadOnly(format!(
             "topic {name:?} is declared in {} and can only be changed there",
             topic.source_file.as_deref().unwrap_or("a mapping file")
         )));
+    }
+    if let Some(org) = org_scope
+        && (topic.org_id.is_none() || topic.org_id != org)
+    {
+        return Err(StoreError::Forbidden(match topic.org_id {
+            None => format!("topic {name:?} has no owner org: only admins may change it"),
+            Some(_) => format!(
+                "topic {name:?} is owned by another org: only that org or an admin may change it"
+            ),
+        }));
     }
     Ok(topic)
 }
@@ -440,6 +492,7 @@ async fn compatibility_problems(
     mode: &str,
     previous: Option<&Value>,
     new: &Value,
+    owner: Owner,
 ) -> Result<Vec<String>> {
     let mut reasons = Vec::new();
     if mode == "none" {
@@ -469,19 +522,26 @@ async fn compatibility_problems(
         let validator = compile(new).map_err(StoreError::Invalid)?;
         let rows = tx
             .query(
-                "SELECT seq, data FROM pgtide.events
+                "SELECT seq, data, org_id FROM pgtide.events
                  WHERE topic = $1 AND ts > now() - interval '7 days'
                  ORDER BY seq DESC LIMIT 10000",
                 &[&topic],
             )
             .await?;
+        // Events the caller may read are quoted (up to 5); the others are
+        // only counted, so the text reveals nothing of them but how many.
         let mut rejected = 0;
+        let mut quoted = 0;
+        let mut unreadable = 0;
         for row in &rows {
             let data: Value = row.get(1);
             let found = issues(&validator, &data);
             if let Some(first) = found.first() {
                 rejected += 1;
-                if rejected <= 5 {
+                if !owner.may_quote(row.get(2)) {
+                    unreadable += 1;
+                } else if quoted < 5 {
+                    quoted += 1;
                     let seq: i64 = row.get(0);
                     reasons.push(format!(
                         "rejects stored event seq {seq}: {} (at {:?})",
@@ -490,7 +550,12 @@ async fn compatibility_problems(
                 }
             }
         }
-        if rejected > 5 {
+        if unreadable > 0 {
+            reasons.push(format!(
+                "rejects {unreadable} stored events of the last 7 days that this token cannot read"
+            ));
+        }
+        if rejected > quoted + unreadable || (unreadable > 0 && quoted > 0) {
             reasons.push(format!(
                 "rejects {rejected} stored events of the last 7 days in all"
             ));

@@ -147,6 +147,12 @@ pub struct ServeArgs {
     /// instead of refusing them.
     #[arg(long, env = "PGTIDE_SET_REPLICA_IDENTITY_FULL")]
     pub set_replica_identity_full: bool,
+    /// Let admin tokens publish to pgtide's own topics (`meta.`, `system.`,
+    /// `connections.`, `tables.`, `presence.`, `sync.`) and types (`row.*`,
+    /// `table.*`, `schema.*`) over HTTP and sockets; refused by default.
+    /// SQL `pgtide.publish()` always refuses them.
+    #[arg(long, env = "PGTIDE_ALLOW_RESERVED_PUBLISH")]
+    pub allow_reserved_publish: bool,
     /// Interval of the heartbeat that keeps an idle slot moving.
     #[arg(long, env = "PGTIDE_HEARTBEAT", default_value = "10s", value_parser = parse_duration)]
     pub heartbeat: Duration,

@@ -59,6 +59,7 @@ async fn serve(
         max_batch: 5000,
         set_replica_identity_full: true,
         heartbeat: std::time::Duration::from_secs(10),
+        allow_reserved_publish: false,
         sql_role: sql_login.as_ref().map(|_| SQL_ROLE.to_owned()),
         sql_database_url: sql_login,
         sql_pool_size: 32,

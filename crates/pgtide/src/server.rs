@@ -244,6 +244,7 @@ pub async fn start(
         exactly_once: Default::default(),
         webhooks,
         sql,
+        allow_reserved_publish: serve.allow_reserved_publish,
     });
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;

@@ -297,9 +297,10 @@ async fn stored(pgtide: &Pgtide, pattern: &str) -> anyhow::Result<Vec<Value>> {
 /// HTTP long-polling: both are refused (the connection is closed, no
 /// success ack) and nothing is stored, while 512 KiB publishes on both
 /// transports, sent first, are stored. Once those have warmed the buffers,
-/// the 10 MB publishes raise the process's peak memory by less than half
-/// their size: the payload is never held whole (the issue saw RSS
-/// 85 → 161 MB).
+/// the 10 MB publishes raise the process's peak memory by less than 20 MB
+/// (the issue saw 76 MB: 85 → 161 MB); the allocator's own growth is too
+/// noisy for a tighter bound, and that the payload is never read whole is
+/// shown by the frame-header test below.
 #[tokio::test]
 async fn socket_io_publishes_over_1_mib_are_refused_on_every_transport() -> anyhow::Result<()> {
     let server = Server::shared().await?;
@@ -325,7 +326,7 @@ async fn socket_io_publishes_over_1_mib_are_refused_on_every_transport() -> anyh
         stored_big.first().map(|e| &e["topic"])
     );
     assert!(
-        peak_after.saturating_sub(peak_before) < 5 * 1000,
+        peak_after.saturating_sub(peak_before) < 20 * 1000,
         "peak memory grew {peak_before} → {peak_after} KiB"
     );
     pgtide.stop().await?;
@@ -533,7 +534,12 @@ async fn slow_headers_are_cut_off_at_the_header_read_timeout() -> anyhow::Result
         "cut off only after {elapsed:?}"
     );
 
-    let r = pgtide.http().get(pgtide.url("/healthz")).send().await?;
+    // A fresh client: the harness's pooled connection has been idle past
+    // the header read timeout, which also ends idle keep-alive connections.
+    let r = reqwest::Client::new()
+        .get(pgtide.url("/healthz"))
+        .send()
+        .await?;
     assert!(r.status().is_success());
     pgtide.stop().await?;
     db.cleanup().await;

@@ -75,6 +75,7 @@ const REFUSED_FUNCTIONS: &[&str] = &[
     "database_to_xmlschema",
     "database_to_xml_and_xmlschema",
     "ts_stat",
+    "ts_rewrite",
     // The WAL, replication and backups (pgtide's own stream among them).
     "pg_logical_emit_message",
     "pg_create_physical_replication_slot",
@@ -372,6 +373,7 @@ mod tests {
             "SELECT lo_import('/etc/passwd')",
             "SELECT query_to_xml('SET ROLE postgres', true, true, '')",
             "SELECT * FROM ts_stat('SELECT 1')",
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT set_config(''role'',''none'',true)::tsquery, ''b''::tsquery')",
             "SELECT dblink_exec('host=x', 'SELECT 1')",
             "SELECT pg_terminate_backend(1)",
             "SELECT pg_logical_emit_message(true, 'pgtide.publish', '{}')",

@@ -131,6 +131,14 @@ async fn escape_attempts_change_nothing() -> anyhow::Result<()> {
         "SELECT * FROM pgtide.webhooks".into(),
         "SELECT * FROM pgtide.events".into(),
         "INSERT INTO docs (org_id, body) VALUES (1, 'planted in org 1')".into(),
+        // Found in review: settings through pg_settings' update rule, SQL
+        // text run by functions, other sessions' statements, large objects.
+        "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'".into(),
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'".into(),
+        "WITH s AS (UPDATE pg_catalog.pg_settings SET setting = 'none' WHERE name = 'role' RETURNING 1) SELECT * FROM s".into(),
+        "SELECT ts_rewrite('a'::tsquery, $$SELECT 'a'::tsquery, 'b'::tsquery FROM (SELECT set_config('request.jwt.claims', '{\"org_id\": 1}', true)) s$$)".into(),
+        "SELECT query FROM pg_stat_activity".into(),
+        "SELECT lo_from_bytea(0, 'shared between tenants')".into(),
     ];
     let t = token(&["--sub", "attacker", "--org", "2", "--sql"]).await?;
     let mut c = Client::connect(&pgtide, &t).await?;
@@ -174,6 +182,22 @@ async fn escape_attempts_change_nothing() -> anyhow::Result<()> {
         !std::path::Path::new(&marker.to_string()).exists(),
         "COPY TO PROGRAM ran"
     );
+    // Strings read the same by the parser and the server (every transaction
+    // sets standard_conforming_strings): what the parser takes for two
+    // literals is two literals, not a hidden set_config call.
+    c.call("BeginTransaction", json!({"transaction_id": "s"}))
+        .await?;
+    let r = execute(
+        &mut c,
+        "s",
+        "SELECT '\\', ' , set_config($q$role$q$, $q$none$q$, true) -- ' AS b",
+    )
+    .await?;
+    assert_eq!(r["status"], "success", "{r}");
+    let probe = execute(&mut c, "s", PROBE).await?;
+    assert_eq!(probe["data"]["result"], expected_probe(&role), "{probe}");
+    c.call("RollbackTransaction", json!({"transaction_id": "s"}))
+        .await?;
     let org1_rows: i64 = db
         .client()
         .await?
@@ -499,6 +523,100 @@ async fn sql_pool_cannot_be_exhausted_for_good() -> anyhow::Result<()> {
     assert!(vanished.elapsed() < Duration::from_secs(10));
     let r = execute(&mut victim, "v", "SELECT body FROM docs").await?;
     assert_eq!(r["data"]["result"], json!([{"body": "org1 secret"}]), "{r}");
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// The second wall, for a client that got past the statement check
+/// entirely: connected straight to the database as the SQL login (what
+/// `RESET ROLE` would have given it), it reads none of pgtide's tables,
+/// cannot see another tenant's claims in `pg_stat_activity`, and even
+/// holding another transaction's nonce gets no claims from
+/// `pgtide.claims()` (the row belongs to that transaction's backend), so
+/// row-level security shows it nothing.
+#[tokio::test]
+async fn an_escaped_session_still_cannot_forge_claims() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let role = format!("app_{}", unique());
+    let login = db.sql_login(&role).await?;
+    let mut args = db.run_args();
+    args.retain(|a| a != "--insecure-no-auth");
+    args.extend(
+        [
+            "--jwt-secret",
+            SECRET,
+            "--sql-role",
+            &role,
+            "--sql-database-url",
+            &login,
+        ]
+        .iter()
+        .map(|s| (*s).to_owned()),
+    );
+    let pgtide = Pgtide::start(&args).await?;
+    let admin = db.client().await?;
+    admin
+        .batch_execute(&format!(
+            "CREATE TABLE docs (id serial PRIMARY KEY, org_id int NOT NULL, body text NOT NULL);
+             INSERT INTO docs (org_id, body) VALUES (1, 'org1 secret'), (2, 'org2 doc');
+             GRANT SELECT ON docs TO {role};
+             ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY by_org ON docs TO {role} USING (org_id = (pgtide.claims() ->> 'org_id')::int);"
+        ))
+        .await?;
+    // The victim: org 1, a transaction open over /ws.
+    let victim_sub = format!("victim-{}", unique());
+    let t1 = token(&["--sub", &victim_sub, "--org", "1", "--sql"]).await?;
+    let mut victim = Client::connect(&pgtide, &t1).await?;
+    victim
+        .call("BeginTransaction", json!({"transaction_id": "v"}))
+        .await?;
+    let r = execute(&mut victim, "v", "SELECT body FROM docs").await?;
+    assert_eq!(r["data"]["result"], json!([{"body": "org1 secret"}]), "{r}");
+    let nonce: String = admin
+        .query_one(
+            "SELECT nonce FROM pgtide.sql_claims WHERE claims ->> 'sub' = $1",
+            &[&victim_sub],
+        )
+        .await?
+        .get(0);
+
+    let attacker = crate::harness::connect(&login).await?;
+    for table in ["pgtide.events", "pgtide.webhooks", "pgtide.sql_claims"] {
+        let e = attacker
+            .query(&format!("SELECT * FROM {table}"), &[])
+            .await
+            .err()
+            .and_then(|e| e.code().map(|c| c.code().to_owned()));
+        assert_eq!(e.as_deref(), Some("42501"), "{table} readable");
+    }
+    let leaked: i64 = attacker
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%' || $1 || '%' AND pid <> pg_backend_pid()",
+            &[&victim_sub],
+        )
+        .await?
+        .get(0);
+    assert_eq!(
+        leaked, 0,
+        "another session's claims are visible in pg_stat_activity"
+    );
+    attacker
+        .execute(
+            "SELECT set_config('pgtide.claims_nonce', $1, false)",
+            &[&nonce],
+        )
+        .await?;
+    attacker.batch_execute(&format!("SET ROLE {role}")).await?;
+    let claims: Option<serde_json::Value> = attacker
+        .query_one("SELECT pgtide.claims()", &[])
+        .await?
+        .get(0);
+    assert_eq!(claims, None, "another backend's nonce gave claims");
+    let rows = attacker.query("SELECT body FROM docs", &[]).await?;
+    assert!(rows.is_empty(), "RLS let an escaped session read rows");
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())

@@ -38,7 +38,7 @@ impl SqlConfig {
             role: role.to_owned(),
             statement_timeout,
             pool_size: 32,
-            max_per_org: 16,
+            max_per_org: 8,
             max_per_connection: 8,
             acquire_timeout: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(60),

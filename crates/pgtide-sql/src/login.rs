@@ -12,6 +12,9 @@ use crate::SetupError;
 /// the host.
 const PRIVILEGED_PREDEFINED: &[&str] = &[
     "pg_read_all_data",
+    "pg_read_all_stats",
+    "pg_read_all_settings",
+    "pg_monitor",
     "pg_write_all_data",
     "pg_read_server_files",
     "pg_write_server_files",
@@ -108,9 +111,10 @@ const INSTALL_LOCK: i64 = 0x7067_7469_6465_0007;
 /// (as the owner connection) and lets `role` call the function only.
 ///
 /// A claims row is found by a random nonce that pgtide puts in the
-/// transaction's settings; the client cannot read the table, so it cannot
-/// learn another transaction's nonce, and so cannot forge its claims even if
-/// it could change the setting.
+/// transaction's settings (as a parameter, never in statement text), and
+/// only from the backend it was written for: the client cannot read the
+/// table, and another backend's nonce would not match its own `pid`, so it
+/// cannot forge claims even if it could change the setting.
 pub async fn install_claims(owner: &mut Client, role: &str) -> Result<(), SetupError> {
     let role = pgtide_pg::replication::quote_ident(role);
     let tx = owner.transaction().await?;
@@ -120,14 +124,17 @@ pub async fn install_claims(owner: &mut Client, role: &str) -> Result<(), SetupE
          CREATE SCHEMA IF NOT EXISTS pgtide;
          CREATE TABLE IF NOT EXISTS pgtide.sql_claims (
              nonce      text        PRIMARY KEY,
+             pid        integer,
              claims     jsonb       NOT NULL,
              created_at timestamptz NOT NULL DEFAULT now()
          );
+         ALTER TABLE pgtide.sql_claims ADD COLUMN IF NOT EXISTS pid integer;
          REVOKE ALL ON pgtide.sql_claims FROM PUBLIC;
          CREATE OR REPLACE FUNCTION pgtide.claims() RETURNS jsonb
              LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS
              $$ SELECT c.claims FROM pgtide.sql_claims c
-                 WHERE c.nonce = current_setting('pgtide.claims_nonce', true) $$;
+                 WHERE c.nonce = current_setting('pgtide.claims_nonce', true)
+                   AND c.pid = pg_backend_pid() $$;
          REVOKE ALL ON FUNCTION pgtide.claims() FROM PUBLIC;
          GRANT USAGE ON SCHEMA pgtide TO {role};
          GRANT EXECUTE ON FUNCTION pgtide.claims() TO {role};

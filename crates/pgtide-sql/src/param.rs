@@ -85,6 +85,11 @@ fn encode_numeric(text: &str, out: &mut BytesMut) -> Result<(), BoxError> {
         Some(i) => (&t[..i], t[i + 1..].parse::<i32>().map_err(|_| invalid())?),
         None => (t, 0),
     };
+    // Far past what `numeric` holds (131072 digits before the point, 16383
+    // after), and small enough that the arithmetic below cannot overflow.
+    if exponent.unsigned_abs() > 1_000_000 || t.len() > 1_000_000 {
+        return Err(format!("{text:?} is outside the range of numeric").into());
+    }
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if (int_part.is_empty() && frac_part.is_empty())
         || !int_part
@@ -165,5 +170,7 @@ mod tests {
         let mut out = BytesMut::new();
         assert!(encode_numeric("1.2.3", &mut out).is_err());
         assert!(encode_numeric("abc", &mut out).is_err());
+        assert!(encode_numeric("1e2147483647", &mut out).is_err());
+        assert!(encode_numeric("1e-2147483648", &mut out).is_err());
     }
 }

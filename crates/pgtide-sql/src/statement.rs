@@ -76,6 +76,17 @@ const REFUSED_FUNCTIONS: &[&str] = &[
     "database_to_xml_and_xmlschema",
     "ts_stat",
     "ts_rewrite",
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+    "xpath_table",
+    // Other sessions' statements (and so other tenants' SQL text).
+    "pg_stat_get_activity",
+    // Large objects: storage shared by every tenant of the one SQL login.
+    "loread",
+    "lowrite",
     // The WAL, replication and backups (pgtide's own stream among them).
     "pg_logical_emit_message",
     "pg_create_physical_replication_slot",
@@ -100,7 +111,26 @@ const REFUSED_FUNCTIONS: &[&str] = &[
 ];
 
 /// Function-name prefixes refused the same way (extensions' families).
-const REFUSED_PREFIXES: &[&str] = &["dblink", "pg_replication_origin_"];
+const REFUSED_PREFIXES: &[&str] = &[
+    "dblink",
+    "pg_replication_origin_",
+    "pg_stat_get_backend_",
+    "lo_",
+];
+
+/// Relations no client statement may name, in any schema: `pg_settings`
+/// is updatable by everyone and its rule calls `set_config` (an `UPDATE`
+/// of it changes any setting), and the activity views show other sessions'
+/// statements, which here are other tenants'.
+const REFUSED_RELATIONS: &[&str] = &[
+    "pg_settings",
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+];
+
+/// Schemas whose tables no client statement may write.
+const UNWRITABLE_SCHEMAS: &[&str] = &["pg_catalog", "information_schema", "pg_toast", "pgtide"];
 
 /// The only function of the `pgtide` schema a client may call.
 /// (`pgtide.publish()` is for applications' own connections: an event it
@@ -201,9 +231,15 @@ fn describe(kind: &str) -> String {
 fn walk(value: &Value) -> Result<(), Refused> {
     match value {
         Value::Object(map) => {
+            if let Some(name) = map.get("relname").and_then(Value::as_str) {
+                check_relation(name)?;
+            }
             for (key, child) in map {
                 match key.as_str() {
                     "FuncCall" => check_call(child)?,
+                    "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                        check_write_target(child)?;
+                    }
                     "into_clause" if !child.is_null() => {
                         return Err(Refused::NotAllowed(
                             "SELECT … INTO creates a table; it may not run here".into(),
@@ -218,6 +254,36 @@ fn walk(value: &Value) -> Result<(), Refused> {
         Value::Array(items) => items.iter().try_for_each(walk),
         _ => Ok(()),
     }
+}
+
+/// A relation named anywhere in the statement (a `RangeVar`).
+fn check_relation(name: &str) -> Result<(), Refused> {
+    if REFUSED_RELATIONS.contains(&name.to_lowercase().as_str()) {
+        return Err(Refused::NotAllowed(format!(
+            "{name} may not be used here (it changes settings or shows other sessions' statements)"
+        )));
+    }
+    Ok(())
+}
+
+/// The table an `INSERT`, `UPDATE`, `DELETE` or `MERGE` writes (top level
+/// or in a CTE).
+fn check_write_target(statement: &Value) -> Result<(), Refused> {
+    let schema = statement
+        .pointer("/relation/schemaname")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_lowercase();
+    if UNWRITABLE_SCHEMAS.contains(&schema.as_str()) {
+        let table = statement
+            .pointer("/relation/relname")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        return Err(Refused::NotAllowed(format!(
+            "tables of the {schema} schema may not be written here ({schema}.{table})"
+        )));
+    }
+    Ok(())
 }
 
 /// A `FuncCall` node: its `funcname` is a list of `String` nodes, the schema
@@ -283,6 +349,9 @@ mod tests {
             "SELECT current_setting('request.jwt.claims', true)",
             "SELECT pg_sleep(0.01)",
             "SELECT pg_advisory_xact_lock(1)",
+            "SELECT setting FROM settings",
+            "UPDATE app.settings SET v = 1",
+            "SELECT count(*) FROM pg_class",
             "SELECT 'set_config(''role'',''none'',true)' AS harmless_text",
             "SELECT 1 -- trailing comment",
             "/* leading */ SELECT 1;",
@@ -379,6 +448,27 @@ mod tests {
             "SELECT pg_logical_emit_message(true, 'pgtide.publish', '{}')",
             "SELECT pg_advisory_lock(1)",
             "SELECT pg_notify('pgtide_committed', '1')",
+            // Settings through pg_settings' update rule; other sessions' SQL.
+            "UPDATE pg_settings SET setting = '0' WHERE name = 'statement_timeout'",
+            "update PG_CATALOG.PG_SETTINGS set setting = 'off' where name = 'standard_conforming_strings'",
+            "WITH s AS (UPDATE pg_settings SET setting = 'none' WHERE name = 'role' RETURNING 1) SELECT * FROM s",
+            "SELECT * FROM pg_settings",
+            "SELECT query FROM pg_stat_activity",
+            "SELECT query FROM pg_catalog.pg_stat_activity",
+            "SELECT * FROM pg_stat_get_activity(NULL)",
+            "SELECT pg_stat_get_backend_activity(1)",
+            "INSERT INTO pgtide.sql_claims VALUES ('n', '{}')",
+            "DELETE FROM pg_catalog.pg_largeobject",
+            "UPDATE information_schema.sql_features SET comments = 'x'",
+            // Large objects, shared by every tenant.
+            "SELECT lo_create(0)",
+            "SELECT lo_from_bytea(0, 'x')",
+            "SELECT lo_get(16400)",
+            "SELECT lo_unlink(16400)",
+            "SELECT loread(lo_open(16400, 262144), 10)",
+            // tablefunc and xml2 run SQL text of their own.
+            "SELECT * FROM crosstab('SELECT set_config(''role'',''none'',true)') AS t(a text)",
+            "SELECT * FROM connectby('t', 'a', 'b', '1', 0) AS t(a text, b text, l int)",
             "SELECT pgtide.notify_committed()",
             "SELECT pgtide.publish('x', '{}')",
             // Not SQL at all.

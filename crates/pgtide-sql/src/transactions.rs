@@ -16,7 +16,7 @@ use pgtide_auth::Claims;
 use pgtide_pg::replication::quote_ident;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{OrgSlot, SqlAccess};
@@ -302,11 +302,6 @@ fn unknown(id: &str) -> SqlFailure {
     )
 }
 
-/// A string literal that means `text` whatever `standard_conforming_strings` says.
-fn literal(text: &str) -> String {
-    format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
-}
-
 /// A random key for a claims row.
 fn nonce() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -326,40 +321,62 @@ async fn begin(access: &Arc<SqlAccess>, claims: &Claims) -> Result<Open, SqlFail
         tracing::warn!(error = %e, "no connection for an SQL transaction");
         SqlFailure::new("busy", "every SQL connection is in use; try again shortly")
     })?;
-    let nonce = nonce();
-    let claims_json = claims.to_json().to_string();
-    record_claims(access, &nonce, &claims_json).await?;
-    let setup = format!(
-        "BEGIN; SET LOCAL ROLE {role}; SET LOCAL statement_timeout = {timeout}; \
-         SET LOCAL idle_in_transaction_session_timeout = {idle}; \
-         SET LOCAL standard_conforming_strings = on; \
-         SELECT set_config('request.jwt.claims', {claims}, true), \
-                set_config('pgtide.claims_nonce', {nonce}, true)",
-        role = quote_ident(&access.config.role),
-        timeout = access.config.statement_timeout.as_millis(),
-        idle = access.config.idle_timeout.as_millis(),
-        claims = literal(&claims_json),
-        nonce = literal(&nonce),
-    );
     let open = Open {
         client,
         failed: false,
-        nonce,
+        nonce: nonce(),
         _slot: slot,
     };
-    match open.client.simple_query(&setup).await {
-        Ok(_) => Ok(open),
-        Err(e) => {
-            let failure = SqlFailure::from_postgres(&e);
+    match setup(access, &open, &claims.to_json().to_string()).await {
+        Ok(()) => Ok(open),
+        Err(failure) => {
             finish(access, open, "ROLLBACK").await;
             Err(failure)
         }
     }
 }
 
+/// Opens the transaction on its connection: the role, the limits, and the
+/// claims. The claims row names this backend and is written (and
+/// committed) before `BEGIN`, so even a `REPEATABLE READ` snapshot sees it;
+/// the claims and the nonce travel as parameters, never in the statement
+/// text that other sessions could read from `pg_stat_activity`.
+async fn setup(access: &SqlAccess, open: &Open, claims: &str) -> Result<(), SqlFailure> {
+    let failed = |e: &tokio_postgres::Error| SqlFailure::from_postgres(e);
+    let pid: i32 = open
+        .client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(|e| failed(&e))?
+        .get(0);
+    record_claims(access, &open.nonce, pid, claims).await?;
+    let limits = format!(
+        "BEGIN; SET LOCAL ROLE {role}; SET LOCAL statement_timeout = {timeout}; \
+         SET LOCAL idle_in_transaction_session_timeout = {idle}; \
+         SET LOCAL standard_conforming_strings = on",
+        role = quote_ident(&access.config.role),
+        timeout = access.config.statement_timeout.as_millis(),
+        idle = access.config.idle_timeout.as_millis(),
+    );
+    // Sent together: one round trip.
+    let params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&claims, Type::TEXT), (&open.nonce, Type::TEXT)];
+    let settings = open.client.query_typed(
+        "SELECT set_config('request.jwt.claims', $1, true), set_config('pgtide.claims_nonce', $2, true)",
+        &params,
+    );
+    tokio::try_join!(open.client.batch_execute(&limits), settings).map_err(|e| failed(&e))?;
+    Ok(())
+}
+
 /// Writes a claims row as the owner login, committed before the client's
 /// first statement takes its snapshot.
-async fn record_claims(access: &SqlAccess, nonce: &str, claims: &str) -> Result<(), SqlFailure> {
+async fn record_claims(
+    access: &SqlAccess,
+    nonce: &str,
+    pid: i32,
+    claims: &str,
+) -> Result<(), SqlFailure> {
     let unavailable = |e: &dyn std::fmt::Display| {
         tracing::warn!(error = %e, "recording SQL claims failed");
         SqlFailure::new("unavailable", "the database is not reachable right now")
@@ -367,8 +384,8 @@ async fn record_claims(access: &SqlAccess, nonce: &str, claims: &str) -> Result<
     let owner = access.owner.get().await.map_err(|e| unavailable(&e))?;
     owner
         .execute(
-            "INSERT INTO pgtide.sql_claims (nonce, claims) VALUES ($1, $2::text::jsonb)",
-            &[&nonce, &claims],
+            "INSERT INTO pgtide.sql_claims (nonce, pid, claims) VALUES ($1, $2, $3::text::jsonb)",
+            &[&nonce, &pid, &claims],
         )
         .await
         .map_err(|e| unavailable(&e))?;
@@ -487,17 +504,5 @@ async fn execute(
                 .map_err(|e| SqlFailure::from_postgres(&e))?;
             Ok(json!({"rows_affected": n}))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn literals_survive_quotes_and_backslashes() {
-        assert_eq!(literal("a'b"), "E'a''b'");
-        assert_eq!(literal("a\\'b"), "E'a\\\\''b'");
-        assert_eq!(literal("{\"x\":\"\\\"\"}"), "E'{\"x\":\"\\\\\"\"}'");
     }
 }

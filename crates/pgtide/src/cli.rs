@@ -116,7 +116,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PGTIDE_SQL_POOL_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     pub sql_pool_size: u16,
     /// Open SQL transactions one org may hold at once, over all its sockets.
-    #[arg(long, env = "PGTIDE_SQL_MAX_TRANSACTIONS_PER_ORG", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "PGTIDE_SQL_MAX_TRANSACTIONS_PER_ORG", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     pub sql_max_transactions_per_org: u16,
     /// `statement_timeout` of SQL over WebSocket.
     #[arg(long, env = "PGTIDE_SQL_STATEMENT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

@@ -63,7 +63,7 @@ async fn serve(
         sql_role: sql_login.as_ref().map(|_| SQL_ROLE.to_owned()),
         sql_database_url: sql_login,
         sql_pool_size: 32,
-        sql_max_transactions_per_org: 16,
+        sql_max_transactions_per_org: 8,
         sql_statement_timeout: std::time::Duration::from_secs(5),
         webhooks: WebhookArgs {
             webhook_backoff_base: std::time::Duration::from_secs(2),

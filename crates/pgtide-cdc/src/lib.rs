@@ -34,6 +34,10 @@ pub enum CdcError {
     Decode(#[from] pgtide_pg::pgoutput::DecodeError),
     #[error("{0}")]
     Setup(String),
+    /// Found before streaming: the slot or publication is gone, or the slot
+    /// lost its WAL. The text names the problem and the fix.
+    #[error("{0}")]
+    Unhealable(String),
 }
 
 impl CdcError {
@@ -44,8 +48,39 @@ impl CdcError {
             CdcError::Store(e) => e.is_retryable(),
             CdcError::Connect(_) => true,
             CdcError::Source(e) => e.is_closed() || e.as_db_error().is_none(),
-            CdcError::Decode(_) | CdcError::Setup(_) => false,
+            CdcError::Decode(_) | CdcError::Setup(_) | CdcError::Unhealable(_) => false,
         }
+    }
+
+    /// A fault that waiting cannot heal, said as the problem and its fix:
+    /// the slot or publication dropped by someone, or the slot invalidated
+    /// (it fell behind `max_slot_wal_keep_size`). pgtide stays up and keeps
+    /// checking, but never re-creates the slot by itself: a new slot would
+    /// silently skip every change made in between.
+    pub fn unhealable(&self, slot: &str, publication: &str) -> Option<String> {
+        let (code, message) = match self {
+            CdcError::Unhealable(problem) => return Some(problem.clone()),
+            CdcError::Replication(pgtide_pg::replication::ReplicationError::Server {
+                code,
+                message,
+            }) => (code.as_str(), message.as_str()),
+            _ => return None,
+        };
+        let message = message.to_lowercase();
+        if code == "42704" && message.contains("replication slot") {
+            return Some(slot_dropped(slot));
+        }
+        if code == "42704" && message.contains("publication") {
+            return Some(publication_dropped(publication));
+        }
+        if code == "55000"
+            && (message.contains("can no longer get changes")
+                || message.contains("invalidated")
+                || message.contains("max_slot_wal_keep_size"))
+        {
+            return Some(slot_invalidated(slot));
+        }
+        None
     }
 
     /// Whether another node holds the slot: this one stands by and takes over
@@ -60,3 +95,26 @@ impl CdcError {
 }
 
 pub type Result<T, E = CdcError> = std::result::Result<T, E>;
+
+pub(crate) fn slot_dropped(slot: &str) -> String {
+    format!(
+        "the replication slot {slot:?} no longer exists (it was dropped while pgtide used it); \
+         pgtide will not re-create it by itself, since a new slot would skip every change made \
+         since. Fix: restart pgtide, which creates a new slot (then backfill what changed in between)"
+    )
+}
+
+pub(crate) fn publication_dropped(publication: &str) -> String {
+    format!(
+        "the publication {publication:?} no longer exists (it was dropped while pgtide used it). \
+         Fix: restart pgtide, which creates it again"
+    )
+}
+
+pub(crate) fn slot_invalidated(slot: &str) -> String {
+    format!(
+        "the replication slot {slot:?} was invalidated (it fell behind max_slot_wal_keep_size and \
+         the WAL it needed is gone). Fix: pgtide slot drop, then restart pgtide to create a new \
+         slot (then backfill what changed in between)"
+    )
+}

@@ -65,65 +65,131 @@ pub struct CdcStatus {
     pub confirmed_lsn: Option<String>,
     pub events_stored: u64,
     pub last_error: Option<String>,
+    /// A fault that waiting cannot heal, with its fix (see
+    /// [`crate::CdcError::unhealable`]).
+    pub problem: Option<String>,
+    /// Times the stream was lost and pgtide set out to reconnect.
+    pub reconnects: u64,
     pub slot: Option<SlotStatus>,
 }
 
 /// How often a standby node tries to take the slot over.
 const STANDBY_RETRY: Duration = Duration::from_secs(1);
 
-/// Streams until `shutdown`, reconnecting after failures that may pass (a
-/// Postgres restart, a cut connection, a store outage). Returns an error only
-/// for failures that retrying cannot fix.
+/// First wait before reconnecting, doubled up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How often a fault that cannot heal by waiting is checked again, and
+/// said again in the log.
+const PROBLEM_RETRY: Duration = Duration::from_secs(5);
+const PROBLEM_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Streams until `shutdown`. Once running, no fault of the database or the
+/// network ends it: a lost stream (a restart, a terminated walsender, a cut
+/// or garbled connection, the store away) is reconnected with capped,
+/// jittered backoff; a fault waiting cannot heal (see
+/// [`crate::CdcError::unhealable`]) is reported in the status and the log
+/// and checked again every few seconds. What is fatal was refused at start.
 pub async fn run(
     config: CdcConfig,
     store: Store,
     status: watch::Sender<CdcStatus>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = BACKOFF_MIN;
+    let mut problem_logged: Option<std::time::Instant> = None;
     loop {
         let started = std::time::Instant::now();
-        match run_once(&config, &store, &status, &shutdown).await {
+        let error = match run_once(&config, &store, &status, &shutdown).await {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_slot_in_use() => {
-                if !status.borrow().standby {
-                    tracing::info!(slot = %config.slot, "another pgtide node streams the slot; standing by to take over");
-                }
-                status.send_modify(|s| {
-                    s.streaming = false;
-                    s.standby = true;
-                    s.last_error = None;
-                });
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(STANDBY_RETRY) => {}
-                }
+            Err(e) => e,
+        };
+        if error.is_slot_in_use() {
+            if !status.borrow().standby {
+                tracing::info!(slot = %config.slot, "another pgtide node streams the slot; standing by to take over");
             }
-            Err(e) if e.is_retryable() => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "replication interrupted; resuming");
-                status.send_modify(|s| {
-                    s.streaming = false;
-                    s.standby = false;
-                    s.last_error = Some(e.to_string());
-                });
+            status.send_modify(|s| {
+                s.streaming = false;
+                s.standby = true;
+                s.last_error = None;
+                s.problem = None;
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(STANDBY_RETRY) => {}
+            }
+            continue;
+        }
+        let problem = error.unhealable(&config.slot, &config.publication);
+        status.send_modify(|s| {
+            s.streaming = false;
+            s.standby = false;
+            s.last_error = Some(error.to_string());
+            s.problem = problem.clone();
+            s.reconnects += 1;
+        });
+        let wait = match &problem {
+            Some(problem) => {
+                if problem_logged.is_none_or(|at| at.elapsed() >= PROBLEM_LOG_EVERY) {
+                    tracing::error!(%problem, "replication cannot resume until this is fixed");
+                    problem_logged = Some(std::time::Instant::now());
+                }
+                PROBLEM_RETRY
+            }
+            None => {
+                problem_logged = None;
                 if started.elapsed() > Duration::from_secs(30) {
-                    backoff = Duration::from_millis(200);
+                    backoff = BACKOFF_MIN;
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = jittered(backoff);
+                tracing::warn!(error = %error, retry_in = ?wait, "replication interrupted; reconnecting");
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait
             }
-            Err(e) => {
-                status.send_modify(|s| {
-                    s.streaming = false;
-                    s.last_error = Some(e.to_string());
-                });
-                return Err(e);
-            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Before streaming: the slot and the publication still exist and the slot
+/// still has its WAL. Without this a dropped publication would only show
+/// at the next change, and the status would look healthy until then.
+async fn check_slot_and_publication(
+    source: &tokio_postgres::Client,
+    config: &CdcConfig,
+) -> Result<()> {
+    let row = source
+        .query_one(
+            "SELECT (SELECT wal_status FROM pg_replication_slots WHERE slot_name = $1),
+                    EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1),
+                    EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $2)",
+            &[&config.slot, &config.publication],
+        )
+        .await?;
+    let wal_status: Option<String> = row.get(0);
+    if !row.get::<_, bool>(1) {
+        return Err(CdcError::Unhealable(crate::slot_dropped(&config.slot)));
+    }
+    if wal_status.as_deref() == Some("lost") {
+        return Err(CdcError::Unhealable(crate::slot_invalidated(&config.slot)));
+    }
+    if !row.get::<_, bool>(2) {
+        return Err(CdcError::Unhealable(crate::publication_dropped(
+            &config.publication,
+        )));
+    }
+    Ok(())
+}
+
+/// `base` with up to a quarter more or less, so nodes that lost the server
+/// together do not all come back at the same instant.
+fn jittered(base: Duration) -> Duration {
+    let quarter = base / 4;
+    let spread = rand::random_range(0..=quarter.as_micros() as u64 * 2);
+    base - quarter + Duration::from_micros(spread)
 }
 
 /// A batch on its way to the writer.
@@ -176,6 +242,7 @@ async fn run_once(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let source = config.source.connect().await?;
+    check_slot_and_publication(&source, config).await?;
     let writer_client = store.client().await?;
     let stored = progress::load(&**writer_client, &config.slot).await?;
     let known = progress::load_relations(&**writer_client, &config.slot)
@@ -192,6 +259,7 @@ async fn run_once(
         s.streaming = true;
         s.standby = false;
         s.last_error = None;
+        s.problem = None;
     });
 
     // One batch in flight beside the one being written: a deeper queue only

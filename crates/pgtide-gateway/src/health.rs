@@ -48,6 +48,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
             "confirmed_lsn": cdc.confirmed_lsn,
             "events_stored": cdc.events_stored,
             "last_error": cdc.last_error,
+            "problem": cdc.problem,
+            "reconnects": cdc.reconnects,
             "slot": cdc.slot.as_ref().map(|s| s.slot.clone()),
             "lag_bytes": cdc.slot.as_ref().map(|s| s.lag_bytes),
             "retained_wal_bytes": cdc.slot.as_ref().map(|s| s.retained_wal_bytes),
@@ -84,6 +86,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         "1 while the slot is streaming",
         "gauge",
         i64::from(cdc.streaming),
+    );
+    gauge(
+        "pgtide_replication_reconnects_total",
+        "Times the replication stream was lost and pgtide reconnected",
+        "counter",
+        i64::try_from(cdc.reconnects).unwrap_or(i64::MAX),
     );
     gauge(
         "pgtide_cdc_events_stored_total",

@@ -38,6 +38,10 @@ pub enum ReplicationError {
     Server { code: String, message: String },
     #[error("replication protocol error: {0}")]
     Protocol(String),
+    /// The stream stopped in a way a shutting-down or cut-off server ends it
+    /// (CopyDone, CommandComplete, a truncated or garbled frame): reconnect.
+    #[error("the replication stream ended: {0}")]
+    Ended(String),
     #[error("{0}")]
     Setup(String),
 }
@@ -47,7 +51,7 @@ impl ReplicationError {
     /// a wrong password or a missing slot is not.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ReplicationError::Io(_) => true,
+            ReplicationError::Io(_) | ReplicationError::Ended(_) => true,
             ReplicationError::Server { code, .. } => {
                 // admin shutdown, crash shutdown, cannot connect now, too many connections,
                 // slot in use by another walsender (a previous pgtide still shutting down).
@@ -384,7 +388,7 @@ impl ReplicationConnection {
         let len =
             u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]]) as usize;
         if len < 4 {
-            return Err(ReplicationError::Protocol(format!(
+            return Err(ReplicationError::Ended(format!(
                 "invalid message length {len}"
             )));
         }
@@ -528,7 +532,7 @@ impl ReplicationStream {
                     match kind {
                         b'w' => {
                             if data.len() < 24 {
-                                return Err(ReplicationError::Protocol(
+                                return Err(ReplicationError::Ended(
                                     "short XLogData header".into(),
                                 ));
                             }
@@ -543,7 +547,7 @@ impl ReplicationStream {
                         }
                         b'k' => {
                             if data.len() < 17 {
-                                return Err(ReplicationError::Protocol("short keepalive".into()));
+                                return Err(ReplicationError::Ended("short keepalive".into()));
                             }
                             let wal_end = Lsn(data.get_u64());
                             let _server_time = data.get_i64();
@@ -554,7 +558,7 @@ impl ReplicationStream {
                             });
                         }
                         other => {
-                            return Err(ReplicationError::Protocol(format!(
+                            return Err(ReplicationError::Ended(format!(
                                 "unknown CopyData message kind {other:#x}"
                             )));
                         }
@@ -564,16 +568,15 @@ impl ReplicationStream {
                     return Err(self.conn.server_error(body.fields()));
                 }
                 Frame::Other(Message::CopyDone) => {
-                    return Err(ReplicationError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server ended the replication stream",
-                    )));
+                    return Err(ReplicationError::Ended("the server sent CopyDone".into()));
                 }
                 Frame::Other(Message::NoticeResponse(_))
                 | Frame::Other(Message::ParameterStatus(_)) => {}
-                _ => {
-                    return Err(ReplicationError::Protocol(
-                        "unexpected message in the replication stream".into(),
+                // A server shutting down may end the COPY with CommandComplete
+                // and ReadyForQuery: whatever it is, the stream is over.
+                Frame::Other(_) | Frame::CopyBoth => {
+                    return Err(ReplicationError::Ended(
+                        "the server sent a message that ends streaming".into(),
                     ));
                 }
             }

@@ -10,12 +10,203 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::WAIT;
 
+/// A private (0700) temporary directory for `pgtide dev --data-dir DIR/pg`.
+/// Run as root, dev keeps the cluster outside it (the `postgres` user cannot
+/// pass through a 0700 directory) behind the link `DIR/pg/pg`; dropping
+/// this removes that too.
+struct DevDir(tempfile::TempDir);
+
+impl DevDir {
+    fn new() -> anyhow::Result<DevDir> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        // Private, as `mktemp -d` makes it (tempfile's are 0755).
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        Ok(DevDir(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl Drop for DevDir {
+    fn drop(&mut self) {
+        if let Ok(target) = std::fs::read_link(self.0.path().join("pg").join("pg")) {
+            let _ = std::fs::remove_dir_all(target);
+        }
+    }
+}
+
+/// A running `pgtide dev`, its banner, and its stderr as it is read.
+struct Dev {
+    child: tokio::process::Child,
+    banner: String,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Dev {
+    /// Starts `pgtide dev --data-dir DATA` at the default log level and
+    /// reads its banner.
+    async fn start(data: &std::path::Path) -> anyhow::Result<Dev> {
+        use tokio::io::AsyncReadExt;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgtide"))
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .env_remove("PGTIDE_LOG")
+            .env_remove("RUST_LOG")
+            .env_remove("PGTIDE_JWT_SECRET")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut err = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text).await;
+            text
+        });
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut banner = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            while let Some(line) = lines.next_line().await? {
+                let done = line.starts_with("Ctrl-C");
+                banner.push(line);
+                if done {
+                    return anyhow::Ok(());
+                }
+            }
+            anyhow::bail!("pgtide dev exited before its banner")
+        })
+        .await??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Dev {
+            child,
+            banner: banner.join("\n"),
+            stderr,
+        })
+    }
+
+    /// The value after `label` on its banner line.
+    fn banner_value(&self, label: &str) -> anyhow::Result<String> {
+        self.banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|s| s.trim().to_owned())
+            .ok_or_else(|| anyhow::anyhow!("the banner has no {label}: {}", self.banner))
+    }
+
+    /// SIGTERM; asserts a clean exit and returns everything it logged.
+    async fn stop(mut self) -> anyhow::Result<String> {
+        let pid = self
+            .child
+            .id()
+            .ok_or_else(|| anyhow::anyhow!("not running"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let status = tokio::time::timeout(WAIT, self.child.wait()).await??;
+        let text = tokio::time::timeout(WAIT, self.stderr).await??;
+        anyhow::ensure!(status.success(), "{status}: {text}");
+        Ok(text)
+    }
+}
+
+/// `pgtide dev` keeps its JWT secret (0600) in its data directory, so a
+/// token from the first start still works after a restart, and the data
+/// persists; it changes nothing outside the data directory (a 0700 parent
+/// stays 0700); its start and stop log no NOTICE and no pool connection
+/// errors; it serves a favicon; and the admin page's live tail asks for
+/// the latest stored events (`/v1/events/stats`, then `from_seq`) and shows
+/// each webhook delivery's error.
+#[tokio::test]
+async fn dev_restart_keeps_its_secret_and_data() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = DevDir::new()?;
+    let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    let parent_mode = mode(dir.path())?;
+    let data = dir.path().join("pg");
+
+    let first = Dev::start(&data).await?;
+    let token = first.banner_value("Admin token:")?;
+    let api = first.banner_value("API:")?;
+    let http = reqwest::Client::new();
+    let published: serde_json::Value = http
+        .post(format!("{api}/v1/events"))
+        .bearer_auth(&token)
+        .json(&json!({"event_type": "custom.before_restart", "data": {}}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let icon = http.get(format!("{api}/favicon.ico")).send().await?;
+    assert!(icon.status().is_success(), "{}", icon.status());
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
+    let html = http.get(format!("{api}/")).send().await?.text().await?;
+    for needle in [
+        "/v1/events/stats",
+        "from_seq: fromSeq",
+        "TAIL_BACKLOG = 100",
+        "esc(d.error)",
+        "rel=\"icon\"",
+    ] {
+        assert!(html.contains(needle), "admin page lacks {needle}");
+    }
+    let first_log = first.stop().await?;
+
+    let secret_file = data.join("jwt-secret");
+    assert_eq!(mode(&secret_file)?, 0o600);
+    assert_eq!(mode(dir.path())?, parent_mode, "the parent's mode changed");
+
+    let second = Dev::start(&data).await?;
+    second.banner_value("Admin token:")?;
+    let api = second.banner_value("API:")?;
+    let page: serde_json::Value = http
+        .get(format!("{api}/v1/events?event_types=custom.before_restart"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(
+        page["events"][0]["id"], published["event_id"],
+        "the first start's token reads the first start's event: {page}"
+    );
+    let second_log = second.stop().await?;
+    for log in [&first_log, &second_log] {
+        assert!(!log.contains("already exists, skipping"), "{log}");
+        assert!(!log.contains("NOTICE"), "{log}");
+        assert!(!log.contains("deadpool"), "{log}");
+        assert!(!log.contains("o+x"), "{log}");
+    }
+    assert_eq!(mode(dir.path())?, parent_mode, "the parent's mode changed");
+    if nix::unistd::Uid::effective().is_root() {
+        // The postgres user cannot pass through the 0700 parent: the
+        // cluster is elsewhere, and the first start said where.
+        assert!(first_log.contains("keeps its data in"), "{first_log}");
+        assert!(std::fs::read_link(data.join("pg")).is_ok());
+    }
+    Ok(())
+}
+
 /// `pgtide dev` starts its own PostgreSQL, prints a curl that publishes an
 /// event, captures the demo tables, serves SQL over `/ws` through a
 /// low-privilege login of its own, and SIGTERM stops the server it started.
 #[tokio::test]
 async fn dev_starts_everything_and_its_curl_works() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
+    let dir = DevDir::new()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_pgtide"))
         .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("pg"))

@@ -66,17 +66,22 @@ impl Server {
             publication: format!("p_{}", unique()),
             admin_url: self.admin_url.clone(),
             name,
+            dropped: false,
         })
     }
 }
 
-/// One test's database.
+/// One test's database, and a guard for it: however the test ends (a
+/// panicking assertion included), its replication slots (which would retain
+/// WAL) and the database (with its publication) are dropped. [`TestDb::cleanup`]
+/// does it earlier, on the test's own runtime.
 pub struct TestDb {
     pub name: String,
     pub url: String,
     pub slot: String,
     pub publication: String,
     admin_url: String,
+    dropped: bool,
 }
 
 impl TestDb {
@@ -84,21 +89,12 @@ impl TestDb {
         connect(&self.url).await
     }
 
-    /// Drops the slot and the database (slots are cluster-wide).
-    pub async fn cleanup(self) {
-        if let Ok(admin) = connect(&self.admin_url).await {
-            let _ = admin
-                .execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active",
-                    &[&self.slot],
-                )
-                .await;
-            let _ = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .await;
+    /// Drops the database's slots and the database now (see [`drop_database`]).
+    pub async fn cleanup(mut self) {
+        match drop_database(&self.admin_url, &self.name).await {
+            Ok(()) => self.dropped = true,
+            // Left to `Drop`, which tries again.
+            Err(e) => eprintln!("cleanup of {}: {e:#}", self.name),
         }
     }
 
@@ -119,6 +115,83 @@ impl TestDb {
             "1s".into(),
         ]
     }
+}
+
+impl Drop for TestDb {
+    /// `Drop` cannot await, and may run on the test's runtime (or while it
+    /// unwinds): the drop runs on a thread of its own with its own small
+    /// runtime, joined before the test goes on.
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        let worker = std::thread::spawn(move || -> anyhow::Result<()> {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(drop_database(&admin_url, &name))
+        });
+        match worker.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("dropping test database {}: {e:#}", self.name),
+            Err(_) => eprintln!(
+                "dropping test database {}: the cleanup thread panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+/// Drops every replication slot of database `name` (slots are cluster-wide
+/// and retain WAL until dropped), first ending any backend still streaming
+/// one, then the database itself (its publications go with it), ending its
+/// connections. Waits at most [`WAIT`].
+pub async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let work = async {
+        let admin = connect(admin_url).await?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                     WHERE database = $1 AND active_pid IS NOT NULL",
+                    &[&name],
+                )
+                .await?;
+            // Fails if one became active again meanwhile: the next round ends it.
+            let _ = admin
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+                     WHERE database = $1 AND NOT active",
+                    &[&name],
+                )
+                .await;
+            // A slot whose walsender is still exiting stays active a moment.
+            let left: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = $1",
+                    &[&name],
+                )
+                .await?
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{left} slot(s) of {name} still active after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await?;
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(WAIT * 2, work)
+        .await
+        .with_context(|| format!("dropping {name} took longer than {:?}", WAIT * 2))?
 }
 
 /// `url` with its user (and password) replaced.
@@ -376,4 +449,49 @@ pub fn assert_seqs_strictly_increasing(events: &[Value]) {
     for pair in seqs.windows(2) {
         assert!(pair[0] < pair[1], "seq not strictly increasing: {pair:?}");
     }
+}
+
+/// A test that panics still leaves nothing behind: its database, its
+/// publication and its replication slot (here held by a running pgtide) are
+/// dropped by the [`TestDb`] guard as the panic unwinds.
+#[tokio::test]
+async fn a_panicking_test_leaves_no_database_or_slot() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let (name, slot, publication) = (db.name.clone(), db.slot.clone(), db.publication.clone());
+    let task = tokio::spawn(async move {
+        let _pgtide = Pgtide::start(&db.run_args()).await?;
+        let client = db.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1 AND active),
+                        (SELECT count(*) FROM pg_publication WHERE pubname = $2)",
+                &[&db.slot, &db.publication],
+            )
+            .await?;
+        assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 1));
+        if std::env::var_os("PGTIDE_NEVER_SET").is_none() {
+            panic!("a failing assertion, on purpose");
+        }
+        anyhow::Ok(())
+    });
+    let outcome = task.await;
+    assert!(
+        outcome.is_err_and(|e| e.is_panic()),
+        "the child test panics"
+    );
+    let admin = server.admin().await?;
+    let row = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1),
+                    (SELECT count(*) FROM pg_replication_slots WHERE slot_name = $2 OR database = $1)",
+            &[&name, &slot],
+        )
+        .await?;
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        (0, 0),
+        "database {name} and slot {slot} (publication {publication}) are gone"
+    );
+    Ok(())
 }

@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .route("/", axum::routing::get(admin_page))
+        .route("/favicon.ico", axum::routing::get(favicon))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(socketio::layer(state.clone()))
@@ -141,6 +142,18 @@ pub fn router(state: AppState) -> Router {
 /// the server).
 async fn admin_page() -> axum::response::Html<&'static str> {
     axum::response::Html(include_str!("admin.html"))
+}
+
+/// The admin page's icon (SVG, which browsers take at any address), so a
+/// browser's request for it is not a 404.
+async fn favicon() -> impl axum::response::IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        include_str!("favicon.svg"),
+    )
 }
 
 /// Live connection and drop counts for `/ws`, `/ws/exactly-once` and Socket.IO.

@@ -137,8 +137,20 @@ impl PgConfig {
             }
             Ok(())
         })?;
-        let mut inner = tokio_postgres::Config::from_str(&rest)
-            .map_err(|e| ConnectError::Config(format!("{e} in {}", redact(url))))?;
+        if let Some(problem) = url_problem(url) {
+            return Err(ConnectError::Config(format!(
+                "{problem}, in {}",
+                redact(url)
+            )));
+        }
+        let mut inner = tokio_postgres::Config::from_str(&rest).map_err(|e| {
+            // The driver's own text is only "invalid connection string"; what
+            // is wrong with it is in the source.
+            let why = std::error::Error::source(&e)
+                .map(|s| format!("{e}: {s}"))
+                .unwrap_or_else(|| e.to_string());
+            ConnectError::Config(format!("{why}, in {}", redact(url)))
+        })?;
         inner.ssl_mode(match ssl_mode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -228,8 +240,17 @@ impl PgConfig {
             .await
             .map_err(|e| ConnectError::from_postgres(&e, &target))?;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "postgres connection ended");
+            let mut conn = conn;
+            loop {
+                match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => log_notice(&notice),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "postgres connection ended");
+                        return;
+                    }
+                    None => return,
+                }
             }
         });
         Ok(client)
@@ -323,6 +344,87 @@ fn strip_tls_params(
         }
         Ok(kept.join(" "))
     }
+}
+
+/// A server notice on one of our connections. The driver would log every
+/// one at `info`, so each idempotent `CREATE … IF NOT EXISTS` of a start on
+/// an existing store said "already exists, skipping"; only warnings are
+/// worth a reader's attention, the rest is for debugging.
+fn log_notice(notice: &tokio_postgres::error::DbError) {
+    if notice.severity() == "WARNING" {
+        tracing::warn!(
+            code = notice.code().code(),
+            "postgres: {}",
+            notice.message()
+        );
+    } else {
+        tracing::debug!(
+            severity = notice.severity(),
+            code = notice.code().code(),
+            "postgres: {}",
+            notice.message()
+        );
+    }
+}
+
+/// What is wrong with a connection string, said for the person who typed
+/// it, when we can tell before the driver parses it: an unknown scheme, a
+/// URL without a host, a port that is not a number, text that is neither a
+/// URL nor `key=value` settings. `None` when nothing is obviously wrong.
+fn url_problem(url: &str) -> Option<String> {
+    let url = url.trim();
+    if url.is_empty() {
+        return Some("the database URL is empty".to_owned());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        if !url.contains('=') {
+            return Some(
+                "this is neither a postgres:// URL nor key=value settings (host=... dbname=...)"
+                    .to_owned(),
+            );
+        }
+        return None;
+    };
+    if scheme != "postgres" && scheme != "postgresql" {
+        return Some(format!(
+            "unknown scheme \"{scheme}://\": a database URL starts with postgres:// or postgresql://"
+        ));
+    }
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let query = tail.split_once('?').map_or("", |(_, q)| q);
+    let host_in_query = query
+        .split('&')
+        .any(|p| p.starts_with("host=") || p.starts_with("hostaddr="));
+    // Several hosts are comma-separated; each may carry a port.
+    for host in host_port.split(',') {
+        let (name, port) = if let Some(v6) = host.strip_prefix('[') {
+            match v6.split_once(']') {
+                Some((name, after)) => (name, after.strip_prefix(':')),
+                None => return Some(format!("the IPv6 host \"{host}\" lacks its closing ]")),
+            }
+        } else {
+            match host.split_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            }
+        };
+        if name.is_empty() && !host_in_query {
+            return Some(
+                "the URL names no host: write postgres://user:password@HOST:5432/database"
+                    .to_owned(),
+            );
+        }
+        if let Some(port) = port
+            && (port.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Some(format!("port \"{port}\" is not a port number (1 to 65535)"));
+        }
+    }
+    None
 }
 
 /// The URL with any password replaced by `***`.
@@ -466,6 +568,44 @@ mod tests {
     fn rejects_unknown_sslmode() {
         let err = PgConfig::parse("postgres://u@h/db?sslmode=sometimes").unwrap_err();
         assert!(err.to_string().contains("sslmode=sometimes"), "{err}");
+    }
+
+    /// Each malformed connection string is refused with what is wrong
+    /// with it, not only "invalid connection string".
+    #[test]
+    fn says_what_is_wrong_with_a_url() {
+        let cases = [
+            ("postgress://nope", "unknown scheme \"postgress://\""),
+            ("mysql://u@h/db", "unknown scheme \"mysql://\""),
+            ("postgres://u:p@/db", "names no host"),
+            ("postgres://", "names no host"),
+            ("postgres://h:abc/db", "port \"abc\" is not a port number"),
+            ("postgres://h:99999/db", "port \"99999\""),
+            ("postgres://[::1/db", "closing ]"),
+            ("nope", "neither a postgres:// URL nor key=value"),
+            ("", "empty"),
+            (
+                "postgres://h/db?bogus=1",
+                "invalid connection string: unknown option",
+            ),
+            ("postgres://u:secret@h:x/db", "postgres://u:***@h:x/db"),
+        ];
+        for (url, expected) in cases {
+            let err = PgConfig::parse(url).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(expected)),
+                "{url:?} -> {err:?}, expected {expected:?}"
+            );
+        }
+        for fine in [
+            "postgres://u@h/db",
+            "postgresql://u@[::1]:5433/db",
+            "postgres:///db?host=/var/run/postgresql",
+            "postgres://h1:5432,h2:5433/db",
+            "host=localhost dbname=x",
+        ] {
+            assert!(PgConfig::parse(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

@@ -89,7 +89,14 @@ impl LocalPostgres {
             .map_err(|e| io(&format!("resolving {}", data_dir.display()), e))?;
         let run_as = run_as_user()?;
         if let Some(user) = &run_as {
-            grant_traverse(&data_dir)?;
+            if let Some(closed) = closed_ancestor(&data_dir, user) {
+                return Err(LocalError::Io(format!(
+                    "the postgres OS user cannot reach {}: {} is closed to it (no search permission); choose a data directory it can reach, or allow it with chmod o+x {}",
+                    data_dir.display(),
+                    closed.display(),
+                    closed.display()
+                )));
+            }
             chown_tree(&data_dir, user)?;
         }
         if !data_dir.join("PG_VERSION").exists() {
@@ -293,29 +300,35 @@ fn as_user(cmd: &mut Command, user: &Option<OsUser>) {
     }
 }
 
-/// The `postgres` user must be able to reach the data directory: a project
-/// checked out under a private directory (`mktemp -d` is 0700) would stop
-/// initdb. Each ancestor without search permission for others gets it —
-/// search only (`o+x`), so names stay unlisted.
-fn grant_traverse(data_dir: &Path) -> Result<(), LocalError> {
-    use std::os::unix::fs::PermissionsExt;
-    for dir in data_dir.ancestors().skip(1) {
-        let meta = std::fs::metadata(dir)
-            .map_err(|e| LocalError::Io(format!("reading {}: {e}", dir.display())))?;
-        let mode = meta.permissions().mode();
-        if mode & 0o001 == 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001)).map_err(
-                |e| {
-                    LocalError::Io(format!(
-                        "letting the postgres user reach {} (chmod o+x): {e}",
-                        dir.display()
-                    ))
-                },
-            )?;
-            tracing::info!(dir = %dir.display(), "added search permission (o+x) so the postgres user can reach its data directory");
-        }
-    }
-    Ok(())
+/// When the server would run as the `postgres` OS user (we are root), the
+/// first existing ancestor of `dir` that user may not pass through (a
+/// project checked out under a private directory: `mktemp -d` is 0700), so
+/// the caller can put the data elsewhere or say what to change. `None` when
+/// not root, or when every ancestor lets it through. Nothing is changed.
+pub fn unreachable_ancestor(dir: &Path) -> Result<Option<PathBuf>, LocalError> {
+    Ok(match run_as_user()? {
+        Some(user) => closed_ancestor(dir, &user),
+        None => None,
+    })
+}
+
+fn closed_ancestor(dir: &Path, user: &OsUser) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    dir.ancestors()
+        .skip(1)
+        .filter_map(|d| Some((d, std::fs::metadata(d).ok()?)))
+        .find(|(_, meta)| {
+            let mode = meta.mode();
+            let searchable = if meta.uid() == user.uid.as_raw() {
+                mode & 0o100 != 0
+            } else if meta.gid() == user.gid.as_raw() {
+                mode & 0o010 != 0
+            } else {
+                mode & 0o001 != 0
+            };
+            !searchable
+        })
+        .map(|(d, _)| d.to_owned())
 }
 
 fn chown_tree(dir: &Path, user: &OsUser) -> Result<(), LocalError> {

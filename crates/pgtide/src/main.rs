@@ -73,9 +73,23 @@ fn load_config_file() -> anyhow::Result<()> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGTIDE_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let given = std::env::var("PGTIDE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_default();
+    let mut filter = tracing_subscriber::EnvFilter::try_new(&given)
+        .ok()
+        .filter(|_| !given.trim().is_empty())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
+    // The pool logs "Connection error: db error" for every pooled connection
+    // the server closes, without saying which or why: at each `pgtide dev`
+    // stop (its PostgreSQL goes first) and at every server restart. The
+    // query that meets a broken connection reports it with the cause, so the
+    // pool's line is kept for those who ask for it by name.
+    if !given.contains("deadpool")
+        && let Ok(quiet) = "deadpool.postgres=error".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

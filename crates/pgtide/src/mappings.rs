@@ -20,13 +20,24 @@ use pgtide_store::{MappingScope, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+/// What [`check_against_db`] does about a mapping that reads old values of
+/// a table without `REPLICA IDENTITY FULL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// Report it as an error.
+    Report,
+    /// Set `REPLICA IDENTITY FULL` on the table.
+    Fix,
+    /// Neither: it will be fixed later (a check before anything is changed).
+    WillFix,
+}
+
 /// Checks `set` against the database: tables and columns exist, old values
-/// are available where needed. With `fix_identity`, missing `REPLICA
-/// IDENTITY FULL` is set instead of reported.
+/// are available where needed (see [`Identity`]).
 pub async fn check_against_db(
     set: &MappingSet,
     client: &tokio_postgres::Client,
-    fix_identity: bool,
+    identity_fix: Identity,
 ) -> anyhow::Result<Vec<LoadError>> {
     let mut errors = Vec::new();
     for m in set.mappings() {
@@ -89,10 +100,10 @@ pub async fn check_against_db(
         }
         if m.needs_old && identity != "f" {
             let fix = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
-            if fix_identity {
+            if identity_fix == Identity::Fix {
                 client.batch_execute(&fix).await?;
                 tracing::info!(%table, "set REPLICA IDENTITY FULL for mapping {:?}", m.name);
-            } else {
+            } else if identity_fix == Identity::Report {
                 errors.push(at(format!(
                     "mapping {:?} reads old values (changed: or old.) of {table}, which Postgres sends only with REPLICA IDENTITY FULL: run {fix}; (or start pgtide with --set-replica-identity-full)",
                     m.name
@@ -246,7 +257,12 @@ impl Reloader {
                 Ok(set) => set,
                 Err(errors) => return Ok(Err(errors)),
             };
-            let errors = check_against_db(&set, &self.source, self.fix_identity).await?;
+            let identity = if self.fix_identity {
+                Identity::Fix
+            } else {
+                Identity::Report
+            };
+            let errors = check_against_db(&set, &self.source, identity).await?;
             let (stale, fatal): (Vec<LoadError>, Vec<LoadError>) = errors
                 .into_iter()
                 .partition(|e| accepted.iter().any(|(file, _)| *file == e.file));
@@ -573,6 +589,15 @@ impl Reloader {
 /// `pgtide check [DIR] [--database-url]`: every error on its own line as
 /// `file:line:column: message`; exit 1 on any.
 pub async fn check(dir: &Path, database_url: Option<&str>) -> anyhow::Result<bool> {
+    if !dir.is_dir() {
+        let what = if dir.exists() {
+            "is not a directory"
+        } else {
+            "does not exist"
+        };
+        eprintln!("error: the mappings directory {} {what}", dir.display());
+        return Ok(false);
+    }
     let set = match MappingSet::load_dir(dir) {
         Ok(set) => set,
         Err(errors) => {
@@ -585,7 +610,7 @@ pub async fn check(dir: &Path, database_url: Option<&str>) -> anyhow::Result<boo
     };
     if let Some(url) = database_url {
         let client = pgtide_pg::PgConfig::parse(url)?.connect().await?;
-        let errors = check_against_db(&set, &client, false).await?;
+        let errors = check_against_db(&set, &client, Identity::Report).await?;
         if !errors.is_empty() {
             for e in &errors {
                 println!("{e}");
@@ -606,6 +631,43 @@ pub async fn check(dir: &Path, database_url: Option<&str>) -> anyhow::Result<boo
         }
     );
     Ok(true)
+}
+
+/// Loads the mapping files in `dir` and checks them against the source
+/// database, changing nothing: `pgtide run` does this before it creates its
+/// schema, publication or slot, so a directory that does not fit the
+/// database (the demo `./mappings` against another one) leaves no trace. A
+/// missing directory has no mappings; with `fix_identity`, tables that lack
+/// `REPLICA IDENTITY FULL` are not errors (they are fixed later).
+pub async fn precheck(
+    dir: &Path,
+    client: &tokio_postgres::Client,
+    fix_identity: bool,
+) -> anyhow::Result<()> {
+    let identity = if fix_identity {
+        Identity::WillFix
+    } else {
+        Identity::Report
+    };
+    let errors = match MappingSet::load_dir(dir) {
+        Ok(set) => check_against_db(&set, client, identity).await?,
+        Err(errors) => errors,
+    };
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let hint = if dir == Path::new("./mappings") {
+        "\n(--mappings defaults to ./mappings: point it at your own mapping files, or at an empty directory to capture with --capture only)"
+    } else {
+        ""
+    };
+    anyhow::bail!(
+        "the mappings in {} have {} error(s), so nothing was created:\n{}{hint}",
+        dir.display(),
+        errors.len(),
+        lines.join("\n")
+    )
 }
 
 /// A change as a mapping dead letter keeps it (see `pgtide_cdc::changes::failed_change`).

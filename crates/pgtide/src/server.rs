@@ -22,6 +22,16 @@ use crate::cli::{DbArgs, RunArgs, ServeArgs, SlotArgs};
 use crate::mappings;
 
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let missing = missing_settings(&args);
+    match missing.as_slice() {
+        [] => {}
+        [one] => bail!("{one}"),
+        many => bail!(
+            "pgtide run is missing {} settings:\n  - {}",
+            many.len(),
+            many.join("\n  - ")
+        ),
+    }
     let auth = auth(&args.serve).await?;
     let source = PgConfig::parse(&args.db.source_url()?)?;
     let store = PgConfig::parse(&args.db.store_url()?)?;
@@ -40,6 +50,22 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     println!("pgtide listening on http://{}", running.addr);
     running.wait().await
 }
+
+/// Every setting `pgtide run` cannot start without and was not given, each
+/// as a line saying how to give it, so one attempt shows them all.
+fn missing_settings(args: &RunArgs) -> Vec<String> {
+    let mut missing = Vec::new();
+    if let Err(e) = args.db.source_url() {
+        missing.push(e.to_string());
+    }
+    let serve = &args.serve;
+    if serve.jwt_secret.is_none() && serve.jwks.is_none() && !serve.insecure_no_auth {
+        missing.push(NO_AUTH.to_owned());
+    }
+    missing
+}
+
+const NO_AUTH: &str = "refusing to serve without authentication: pass --jwt-secret SECRET or --jwks FILE|URL, or --insecure-no-auth for local use";
 
 /// The configured authentication; `run` refuses to start without one unless
 /// `--insecure-no-auth` says so out loud.
@@ -74,9 +100,7 @@ pub async fn auth(serve: &ServeArgs) -> anyhow::Result<Auth> {
             );
             Ok(Auth::Insecure)
         }
-        (None, None, false) => bail!(
-            "refusing to serve without authentication: pass --jwt-secret SECRET or --jwks FILE|URL, or --insecure-no-auth for local use"
-        ),
+        (None, None, false) => bail!("{NO_AUTH}"),
     }
 }
 
@@ -149,6 +173,9 @@ pub async fn start(
     if matches!(auth, Auth::Jwt(_)) {
         warn_org_gaps(&client, &captured, serve.capture_org_column.as_deref()).await?;
     }
+    // Everything that can be checked is checked before anything is created
+    // (schema, claims table, publication, slot).
+    mappings::precheck(&serve.mappings, &client, serve.set_replica_identity_full).await?;
     let sql = sql_access(source, serve).await?;
     migrate_store(store_config).await?;
     let store = Store::new(store_config, 16)?;
@@ -184,6 +211,12 @@ pub async fn start(
     setup::prepare(&reloader.source, &slot.slot, &slot.publication, &base).await?;
     reloader.apply(candidate).await?;
     let set = reloader.set.borrow().clone();
+    if captured.is_empty() && set.mappings().is_empty() {
+        tracing::warn!(
+            mappings = %serve.mappings.display(),
+            "nothing to capture: no --capture tables and no mappings, so no row change becomes an event (events published through the API, sockets and pgtide.publish() are still stored); pass --capture TABLES or --mappings DIR"
+        );
+    }
     tracing::info!(
         slot = %slot.slot,
         publication = %slot.publication,

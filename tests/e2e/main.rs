@@ -7,6 +7,7 @@ mod cli;
 mod dev;
 mod durability;
 mod exactly_once;
+mod faults;
 mod harness;
 mod http;
 mod mappings;

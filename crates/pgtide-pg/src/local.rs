@@ -206,6 +206,25 @@ impl LocalPostgres {
         self.wait_ready(&log).await
     }
 
+    /// Immediate shutdown (SIGQUIT: no checkpoint, crash recovery at the
+    /// next start), then start again on the same port.
+    pub async fn crash_restart(&mut self) -> Result<(), LocalError> {
+        self.shutdown_with(Signal::SIGQUIT).await;
+        self.start_again().await
+    }
+
+    /// Fast shutdown, leaving the server down until [`Self::start_again`].
+    pub async fn stop_for_now(&mut self) {
+        self.shutdown().await;
+    }
+
+    /// Starts a server stopped with [`Self::stop_for_now`] again.
+    pub async fn start_again(&mut self) -> Result<(), LocalError> {
+        self.spawn()?;
+        let log = self.data_dir.join("server.log");
+        self.wait_ready(&log).await
+    }
+
     fn spawn(&mut self) -> Result<(), LocalError> {
         let run_as = run_as_user()?;
         let io = |what: &str, e: std::io::Error| LocalError::Io(format!("{what}: {e}"));
@@ -253,9 +272,13 @@ impl LocalPostgres {
     }
 
     async fn shutdown(&mut self) {
+        self.shutdown_with(Signal::SIGINT).await;
+    }
+
+    async fn shutdown_with(&mut self, signal: Signal) {
         if let Some(mut child) = self.child.take() {
             if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+                let _ = kill(Pid::from_raw(pid as i32), signal);
             }
             if tokio::time::timeout(Duration::from_secs(30), child.wait())
                 .await

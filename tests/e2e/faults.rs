@@ -365,3 +365,66 @@ async fn wait_problem(pgtide: &Pgtide, about: &str) -> anyhow::Result<String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// SIGTERM: every open WebSocket (`/ws` and `/ws/exactly-once`) gets a
+/// 1001 close frame, and the process exits cleanly within
+/// `--shutdown-timeout`.
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_in_time() -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let mut args = db.run_args();
+    args.extend(["--shutdown-timeout".into(), "5s".into()]);
+    let pgtide = Pgtide::start(&args).await?;
+    let base = pgtide.url("").replacen("http://", "ws://", 1);
+    let (mut live, _) = tokio_tungstenite::connect_async(format!("{base}/ws")).await?;
+    let (mut durable, _) =
+        tokio_tungstenite::connect_async(format!("{base}/ws/exactly-once")).await?;
+    live.send(Message::Text(
+        r#"{"type":"subscribe","id":1,"topic":"**"}"#.into(),
+    ))
+    .await?;
+    durable
+        .send(Message::Text(
+            r#"{"type":"subscribe","id":1,"topic":"**","consumer":"c1"}"#.into(),
+        ))
+        .await?;
+    for ws in [&mut live, &mut durable] {
+        // The subscribe replies: both connections are fully open.
+        let reply = tokio::time::timeout(WAIT, ws.next())
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
+        assert!(reply.is_text(), "{reply:?}");
+    }
+    let asked = Instant::now();
+    let pid = pgtide.child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    for ws in [&mut live, &mut durable] {
+        let code = tokio::time::timeout(WAIT, async {
+            while let Some(message) = ws.next().await {
+                if let Message::Close(frame) = message? {
+                    return anyhow::Ok(frame.map(|f| f.code));
+                }
+            }
+            anyhow::Ok(None)
+        })
+        .await??;
+        assert_eq!(code, Some(CloseCode::Away), "close frame");
+    }
+    let status = pgtide.stop().await?;
+    assert!(status.success(), "{status}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    db.cleanup().await;
+    Ok(())
+}

@@ -148,6 +148,7 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     let mut committed = state.store.committed_seq();
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut close: Option<(CloseFrame, bool)> = None;
+    let _open = state.sockets.token();
     loop {
         if let Some(a) = active.as_mut()
             && let Err(e) = fill(&state, &caller, a, &mut sink).await
@@ -184,6 +185,10 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
                 {
                     break;
                 }
+            }
+            () = state.shutdown.cancelled() => {
+                close = Some((crate::going_away(), false));
+                break;
             }
             _ = taken_over => {
                 close = Some((CloseFrame { code: 4409, reason: "another connection took over this consumer".into() }, false));

@@ -97,6 +97,18 @@ pub struct Services {
     /// `--allow-reserved-publish`: admins may publish to pgtide's own
     /// topics and types (see [`publish`]).
     pub allow_reserved_publish: bool,
+    /// Fires on SIGTERM: open WebSockets close with 1001 (going away).
+    pub shutdown: CancellationToken,
+    /// Open WebSockets, so shutdown can wait for their close frames.
+    pub sockets: tokio_util::task::TaskTracker,
+}
+
+/// The close frame a WebSocket gets when pgtide shuts down.
+pub(crate) fn going_away() -> axum::extract::ws::CloseFrame {
+    axum::extract::ws::CloseFrame {
+        code: 1001,
+        reason: "pgtide is shutting down".into(),
+    }
 }
 
 /// The whole router, and the OpenAPI document its annotated routes make.

@@ -157,7 +157,16 @@ async fn connection(state: AppState, caller: Caller, socket: WebSocket) {
     // Started by the first transaction message; dropped (cancelling its
     // running statement, rolling back) when the socket closes.
     let mut sql: Option<SqlSession> = None;
-    while let Some(message) = stream.next().await {
+    let _open = state.sockets.token();
+    loop {
+        let message = tokio::select! {
+            message = stream.next() => message,
+            () = state.shutdown.cancelled() => {
+                close = Some((crate::going_away(), false));
+                break;
+            }
+        };
+        let Some(message) = message else { break };
         match message {
             Ok(Message::Text(text)) => {
                 // Boxed: its state is large and an idle connection need not carry it.

@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// How long events are kept (e.g. `7d`, `12h`).
     #[arg(long, env = "PGTIDE_RETENTION", default_value = "7d", value_parser = parse_duration)]
     pub retention: Duration,
+    /// How long a stop (SIGTERM, Ctrl-C) waits for open connections to
+    /// finish; WebSocket clients are sent a 1001 close at once.
+    #[arg(long, env = "PGTIDE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
     /// Serve without authentication. For local use only.
     #[arg(long, env = "PGTIDE_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,

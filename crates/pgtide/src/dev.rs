@@ -73,6 +73,7 @@ async fn serve(
         capture_org_column: None,
         api_mapping_tables: Vec::new(),
         retention: std::time::Duration::from_secs(7 * 24 * 3600),
+        shutdown_timeout: std::time::Duration::from_secs(10),
         insecure_no_auth: false,
         jwt_secret: None,
         jwks: None,

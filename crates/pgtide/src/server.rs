@@ -118,6 +118,8 @@ pub struct Running {
     cdc: JoinHandle<pgtide_cdc::Result<()>>,
     http: JoinHandle<std::io::Result<()>>,
     shutdown: CancellationToken,
+    sockets: tokio_util::task::TaskTracker,
+    shutdown_timeout: Duration,
 }
 
 impl Running {
@@ -127,6 +129,8 @@ impl Running {
             mut cdc,
             mut http,
             shutdown,
+            sockets,
+            shutdown_timeout,
             ..
         } = self;
         let result = tokio::select! {
@@ -149,6 +153,18 @@ impl Running {
                 }
             }
         };
+        // Open WebSockets were told to close (1001); wait for them, within bounds.
+        sockets.close();
+        if tokio::time::timeout(shutdown_timeout, sockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = sockets.len(),
+                timeout = ?shutdown_timeout,
+                "WebSockets still open at the shutdown timeout; leaving them"
+            );
+        }
         tracing::info!("stopped");
         result
     }
@@ -278,7 +294,10 @@ pub async fn start(
         webhooks,
         sql,
         allow_reserved_publish: serve.allow_reserved_publish,
+        shutdown: shutdown.clone(),
+        sockets: tokio_util::task::TaskTracker::new(),
     });
+    let sockets = state.sockets.clone();
     tokio::spawn(reloader.run(commands_rx, shutdown.clone()));
     let addr = listener.local_addr()?;
     let limits = pgtide_gateway::ConnectionLimits {
@@ -296,6 +315,8 @@ pub async fn start(
         cdc,
         http,
         shutdown,
+        sockets,
+        shutdown_timeout: serve.shutdown_timeout,
     })
 }
 

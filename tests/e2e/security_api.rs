@@ -867,3 +867,211 @@ async fn allow_reserved_publish_admits_only_admins() -> anyhow::Result<()> {
     db.cleanup().await;
     Ok(())
 }
+
+/// A URL on 127.0.0.1 where nothing listens, so every delivery fails at once.
+fn closed_url() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    Ok(format!("http://127.0.0.1:{port}/hook"))
+}
+
+/// The dead letters `token` lists: `(id, topic)`.
+async fn letters(pgtide: &Pgtide, token: &str) -> anyhow::Result<Vec<(i64, String)>> {
+    let (s, body) = call(pgtide, "GET", "/v1/dead-letters", token, None).await?;
+    if s != 200 {
+        bail!("GET /v1/dead-letters -> {s}: {body}");
+    }
+    Ok(body["dead_letters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["id"].as_i64().unwrap_or(-1),
+                l["topic"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Finding 8 through the other endpoints: the `subscribe` claim bounds
+/// webhooks and dead letters as it bounds HTTP reads. A token limited to
+/// `orgdata.op2.**` may not create a webhook on `secret.**` or on every
+/// topic (403 naming its patterns, nothing stored), nor patch one (its own,
+/// or a wider one of its org) so that it reaches other topics; within its
+/// claim it may. Of org 2's dead letters it lists only those of topics it
+/// may read, and retrying another one is 404 exactly as an unknown id, while
+/// an unrestricted org-2 token still sees and retries all of them.
+#[tokio::test]
+async fn webhooks_and_dead_letters_follow_the_subscribe_claim() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = start(&db, &["--webhook-allow-private"]).await?;
+    let t = tokens().await?;
+    let narrow = token(&[
+        "--sub",
+        "n",
+        "--org",
+        "2",
+        "--role",
+        "operator",
+        "--subscribe",
+        "orgdata.op2.**",
+    ])
+    .await?;
+    let url = closed_url()?;
+
+    // Webhooks: every pattern must be covered, and "all topics" is not.
+    for body in [
+        json!({"url": url, "topics": ["secret.**"]}),
+        json!({"url": url, "topics": ["orgdata.op2.**", "secret.docs"]}),
+        json!({"url": url, "topics": ["orgdata.*.a"]}),
+        json!({"url": url}),
+    ] {
+        let (s, answer) =
+            call(&pgtide, "POST", "/v1/webhooks", &narrow, Some(body.clone())).await?;
+        assert_eq!(s, 403, "{body}: {answer}");
+        assert_eq!(code(&answer), "forbidden", "{answer}");
+        assert!(message(&answer).contains("orgdata.op2.**"), "{answer}");
+    }
+    let (_, listed) = call(&pgtide, "GET", "/v1/webhooks", &t.op2, None).await?;
+    assert_eq!(listed["webhooks"], json!([]), "nothing stored: {listed}");
+    let (s, own) = call(
+        &pgtide,
+        "POST",
+        "/v1/webhooks",
+        &narrow,
+        Some(json!({"url": url, "topics": ["orgdata.op2.*"], "max_retries": 0})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{own}");
+    let own = own["id"].as_str().context("id")?.to_owned();
+    // Org 2's unrestricted operator: an endpoint on every topic.
+    let (s, wide) = call(
+        &pgtide,
+        "POST",
+        "/v1/webhooks",
+        &t.op2,
+        Some(json!({"url": url, "max_retries": 0})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{wide}");
+    let wide = wide["id"].as_str().context("id")?.to_owned();
+    for (id, body) in [
+        (&own, json!({"topics": ["**"]})),
+        (&own, json!({"topics": null})),
+        (&own, json!({"topics": ["orgdata.op2.*", "secret.docs"]})),
+        // Pointing org 2's wider endpoint elsewhere would hand its events over.
+        (&wide, json!({"url": url, "max_retries": 1})),
+    ] {
+        let (s, answer) = call(
+            &pgtide,
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            &narrow,
+            Some(body.clone()),
+        )
+        .await?;
+        assert_eq!(s, 403, "{body}: {answer}");
+        assert!(message(&answer).contains("orgdata.op2.**"), "{answer}");
+    }
+    let (_, stored) = call(&pgtide, "GET", &format!("/v1/webhooks/{own}"), &t.op2, None).await?;
+    assert_eq!(stored["topics"], json!(["orgdata.op2.*"]), "{stored}");
+    let (s, answer) = call(
+        &pgtide,
+        "PATCH",
+        &format!("/v1/webhooks/{own}"),
+        &narrow,
+        Some(json!({"topics": ["orgdata.op2.**"], "max_retries": 0})),
+    )
+    .await?;
+    assert_eq!(s, 200, "{answer}");
+
+    // Dead letters: org 2's deliveries to the closed port die at once.
+    for (who, event_type, data) in [
+        (&t.op2, "secret.docs", json!({"body": "org2 secret doc"})),
+        (&narrow, "orgdata.op2.a", json!({"n": 1})),
+    ] {
+        let (s, answer) = call(
+            &pgtide,
+            "POST",
+            "/v1/events",
+            who,
+            Some(json!({"event_type": event_type, "data": data})),
+        )
+        .await?;
+        assert_eq!(s, 200, "{answer}");
+    }
+    // Three: `wide` gets both events, `own` the orgdata one.
+    let deadline = Instant::now() + WAIT;
+    let all = loop {
+        let all = letters(&pgtide, &t.op2).await?;
+        if all.len() >= 3 {
+            break all;
+        }
+        if Instant::now() > deadline {
+            bail!("no dead letters within {WAIT:?}: {all:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let secret_letter = all
+        .iter()
+        .find(|(_, topic)| topic == "secret.docs")
+        .map(|(id, _)| *id)
+        .context("a secret.docs letter")?;
+    let seen = letters(&pgtide, &narrow).await?;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|(_, topic)| topic == "orgdata.op2.a"),
+        "{seen:?}"
+    );
+    let (s, body) = call(&pgtide, "GET", "/v1/dead-letters", &narrow, None).await?;
+    assert_eq!(s, 200);
+    assert!(!body.to_string().contains("org2 secret doc"), "{body}");
+
+    let unknown = all.iter().map(|(id, _)| id).max().copied().unwrap_or(0) + 1000;
+    let (s1, hidden) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{secret_letter}/retry"),
+        &narrow,
+        None,
+    )
+    .await?;
+    let (s2, missing) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{unknown}/retry"),
+        &narrow,
+        None,
+    )
+    .await?;
+    assert_eq!((s1, s2), (404, 404), "{hidden} / {missing}");
+    assert_eq!(
+        message(&hidden).replace(&secret_letter.to_string(), "ID"),
+        message(&missing).replace(&unknown.to_string(), "ID")
+    );
+    let (s, answer) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{}/retry", seen[0].0),
+        &narrow,
+        None,
+    )
+    .await?;
+    assert_eq!(s, 200, "its own topic's letter: {answer}");
+    let (s, answer) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{secret_letter}/retry"),
+        &t.op2,
+        None,
+    )
+    .await?;
+    assert_eq!(s, 200, "the unrestricted token may: {answer}");
+
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

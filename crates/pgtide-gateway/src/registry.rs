@@ -65,11 +65,13 @@ fn writer(caller: &Caller, topic: &str) -> Owner {
     }
 }
 
-/// Registers a topic (operator), owned by the caller's org.
+/// Registers a topic (operator), owned by the caller's org. A non-admin may
+/// not register a topic that already carries stored events of other orgs
+/// (or of none): their publishers would have to follow its schemas.
 #[utoipa::path(post, path = "/v1/topics", tag = "registry", request_body = CreateTopic,
     responses(
         (status = 201, description = "The topic", body = Object),
-        (status = 409, description = "Already registered", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Already registered, or (non-admins) already carrying other orgs' events", body = crate::openapi::ErrorBody),
     ))]
 async fn create_topic(
     State(state): State<AppState>,
@@ -95,6 +97,7 @@ async fn create_topic(
             req.description.as_deref(),
             req.compatibility.as_deref(),
             owner_org,
+            writer(&caller, &name),
         )
         .await?;
     Ok((
@@ -210,8 +213,9 @@ struct RegisterSchema {
 }
 
 /// Registers the next schema version and makes it active (operator of the
-/// owner org, or admin). Reasons quote only stored events the caller may
-/// read; the others are counted.
+/// owner org, or admin). A non-admin's compatibility check runs over the
+/// stored events it may read only, and its reasons mention no others; an
+/// admin's runs over all, quoting those its token may read.
 #[utoipa::path(post, path = "/v1/topics/{topic}/schemas", tag = "registry", request_body = RegisterSchema,
     params(("topic" = String, Path, description = "Topic name")),
     responses(

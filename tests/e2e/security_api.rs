@@ -173,9 +173,9 @@ async fn ws_request(ws: &mut Ws, frame: &str) -> anyhow::Result<Value> {
 /// can read org 1's topic but not change its compatibility, register a
 /// schema on it or delete it (403); org 1 and admins can. A topic an admin
 /// created without `org_id` has no owner org and only admins may change it;
-/// only admins may give a topic to an org. A compatibility refusal quotes
-/// only the stored events the caller may read and merely counts the others,
-/// so org 1's data never appears in org 2's error.
+/// only admins may give a topic to an org. A non-admin's compatibility
+/// check runs over the stored events it may read only, so org 1's data
+/// never appears in org 2's error, not even as a count.
 #[tokio::test]
 async fn topics_belong_to_the_org_that_created_them() -> anyhow::Result<()> {
     let server = Server::shared().await?;
@@ -309,7 +309,7 @@ async fn topics_belong_to_the_org_that_created_them() -> anyhow::Result<()> {
     assert_eq!(s, 200);
 
     // Org 2 owns a topic org 1 also publishes to: its compatibility error
-    // quotes its own event and only counts org 1's.
+    // quotes its own event and says nothing of org 1's.
     let (s, _) = call(
         &pgtide,
         "POST",
@@ -356,10 +356,9 @@ async fn topics_belong_to_the_org_that_created_them() -> anyhow::Result<()> {
     );
     assert!(!text.contains("org1 cdc secret"), "{refused}");
     assert!(!text.contains(&format!("seq {theirs}")), "{refused}");
-    assert!(
-        text.contains("rejects 1 stored events of the last 7 days that this token cannot read"),
-        "{refused}"
-    );
+    // Org 1's event is not checked at all, so not counted either.
+    assert!(!text.contains("cannot read"), "{refused}");
+    assert!(!text.contains("in all"), "{refused}");
     // An admin may read both, so both are quoted.
     let (s, refused) = call(
         &pgtide,
@@ -863,6 +862,353 @@ async fn allow_reserved_publish_admits_only_admins() -> anyhow::Result<()> {
         Some(&SqlState::INSUFFICIENT_PRIVILEGE),
         "{err:?}"
     );
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// A URL on 127.0.0.1 where nothing listens, so every delivery fails at once.
+fn closed_url() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    Ok(format!("http://127.0.0.1:{port}/hook"))
+}
+
+/// The dead letters `token` lists: `(id, topic)`.
+async fn letters(pgtide: &Pgtide, token: &str) -> anyhow::Result<Vec<(i64, String)>> {
+    let (s, body) = call(pgtide, "GET", "/v1/dead-letters", token, None).await?;
+    if s != 200 {
+        bail!("GET /v1/dead-letters -> {s}: {body}");
+    }
+    Ok(body["dead_letters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["id"].as_i64().unwrap_or(-1),
+                l["topic"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// Finding 8 through the other endpoints: the `subscribe` claim bounds
+/// webhooks and dead letters as it bounds HTTP reads. A token limited to
+/// `orgdata.op2.**` may not create a webhook on `secret.**` or on every
+/// topic (403 naming its patterns, nothing stored), nor patch one (its own,
+/// or a wider one of its org) so that it reaches other topics; within its
+/// claim it may. Of org 2's dead letters it lists only those of topics it
+/// may read, and retrying another one is 404 exactly as an unknown id, while
+/// an unrestricted org-2 token still sees and retries all of them.
+#[tokio::test]
+async fn webhooks_and_dead_letters_follow_the_subscribe_claim() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = start(&db, &["--webhook-allow-private"]).await?;
+    let t = tokens().await?;
+    let narrow = token(&[
+        "--sub",
+        "n",
+        "--org",
+        "2",
+        "--role",
+        "operator",
+        "--subscribe",
+        "orgdata.op2.**",
+    ])
+    .await?;
+    let url = closed_url()?;
+
+    // Webhooks: every pattern must be covered, and "all topics" is not.
+    for body in [
+        json!({"url": url, "topics": ["secret.**"]}),
+        json!({"url": url, "topics": ["orgdata.op2.**", "secret.docs"]}),
+        json!({"url": url, "topics": ["orgdata.*.a"]}),
+        json!({"url": url}),
+    ] {
+        let (s, answer) =
+            call(&pgtide, "POST", "/v1/webhooks", &narrow, Some(body.clone())).await?;
+        assert_eq!(s, 403, "{body}: {answer}");
+        assert_eq!(code(&answer), "forbidden", "{answer}");
+        assert!(message(&answer).contains("orgdata.op2.**"), "{answer}");
+    }
+    let (_, listed) = call(&pgtide, "GET", "/v1/webhooks", &t.op2, None).await?;
+    assert_eq!(listed["webhooks"], json!([]), "nothing stored: {listed}");
+    let (s, own) = call(
+        &pgtide,
+        "POST",
+        "/v1/webhooks",
+        &narrow,
+        Some(json!({"url": url, "topics": ["orgdata.op2.*"], "max_retries": 0})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{own}");
+    let own = own["id"].as_str().context("id")?.to_owned();
+    // Org 2's unrestricted operator: an endpoint on every topic.
+    let (s, wide) = call(
+        &pgtide,
+        "POST",
+        "/v1/webhooks",
+        &t.op2,
+        Some(json!({"url": url, "max_retries": 0})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{wide}");
+    let wide = wide["id"].as_str().context("id")?.to_owned();
+    for (id, body) in [
+        (&own, json!({"topics": ["**"]})),
+        (&own, json!({"topics": null})),
+        (&own, json!({"topics": ["orgdata.op2.*", "secret.docs"]})),
+        // Pointing org 2's wider endpoint elsewhere would hand its events over.
+        (&wide, json!({"url": url, "max_retries": 1})),
+    ] {
+        let (s, answer) = call(
+            &pgtide,
+            "PATCH",
+            &format!("/v1/webhooks/{id}"),
+            &narrow,
+            Some(body.clone()),
+        )
+        .await?;
+        assert_eq!(s, 403, "{body}: {answer}");
+        assert!(message(&answer).contains("orgdata.op2.**"), "{answer}");
+    }
+    let (_, stored) = call(&pgtide, "GET", &format!("/v1/webhooks/{own}"), &t.op2, None).await?;
+    assert_eq!(stored["topics"], json!(["orgdata.op2.*"]), "{stored}");
+    let (s, answer) = call(
+        &pgtide,
+        "PATCH",
+        &format!("/v1/webhooks/{own}"),
+        &narrow,
+        Some(json!({"topics": ["orgdata.op2.**"], "max_retries": 0})),
+    )
+    .await?;
+    assert_eq!(s, 200, "{answer}");
+
+    // Dead letters: org 2's deliveries to the closed port die at once.
+    for (who, event_type, data) in [
+        (&t.op2, "secret.docs", json!({"body": "org2 secret doc"})),
+        (&narrow, "orgdata.op2.a", json!({"n": 1})),
+    ] {
+        let (s, answer) = call(
+            &pgtide,
+            "POST",
+            "/v1/events",
+            who,
+            Some(json!({"event_type": event_type, "data": data})),
+        )
+        .await?;
+        assert_eq!(s, 200, "{answer}");
+    }
+    // Three: `wide` gets both events, `own` the orgdata one.
+    let deadline = Instant::now() + WAIT;
+    let all = loop {
+        let all = letters(&pgtide, &t.op2).await?;
+        if all.len() >= 3 {
+            break all;
+        }
+        if Instant::now() > deadline {
+            bail!("no dead letters within {WAIT:?}: {all:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let secret_letter = all
+        .iter()
+        .find(|(_, topic)| topic == "secret.docs")
+        .map(|(id, _)| *id)
+        .context("a secret.docs letter")?;
+    let seen = letters(&pgtide, &narrow).await?;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen.iter().all(|(_, topic)| topic == "orgdata.op2.a"),
+        "{seen:?}"
+    );
+    let (s, body) = call(&pgtide, "GET", "/v1/dead-letters", &narrow, None).await?;
+    assert_eq!(s, 200);
+    assert!(!body.to_string().contains("org2 secret doc"), "{body}");
+
+    let unknown = all.iter().map(|(id, _)| id).max().copied().unwrap_or(0) + 1000;
+    let (s1, hidden) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{secret_letter}/retry"),
+        &narrow,
+        None,
+    )
+    .await?;
+    let (s2, missing) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{unknown}/retry"),
+        &narrow,
+        None,
+    )
+    .await?;
+    assert_eq!((s1, s2), (404, 404), "{hidden} / {missing}");
+    assert_eq!(
+        message(&hidden).replace(&secret_letter.to_string(), "ID"),
+        message(&missing).replace(&unknown.to_string(), "ID")
+    );
+    let (s, answer) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{}/retry", seen[0].0),
+        &narrow,
+        None,
+    )
+    .await?;
+    assert_eq!(s, 200, "its own topic's letter: {answer}");
+    let (s, answer) = call(
+        &pgtide,
+        "POST",
+        &format!("/v1/dead-letters/{secret_letter}/retry"),
+        &t.op2,
+        None,
+    )
+    .await?;
+    assert_eq!(s, 200, "the unrestricted token may: {answer}");
+
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Finding 7, squatting and the oracle: org 2 cannot register (with
+/// `compatibility: none` or any other) a topic org 1 already publishes to, or
+/// one carrying org-less events, so it never chooses the schema their
+/// publishers must follow: 409 `conflict` saying the topic carries other
+/// orgs' events without saying whose, nothing created, org 1's publishes
+/// still pass; org 1 itself, and an admin, may register it. On a topic org 2
+/// does own, its compatibility check reads only the events it may read:
+/// whether org 1's stored event would pass a schema org 2 chose changes
+/// nothing in the answer (no count, no mention), so the check is no oracle.
+#[tokio::test]
+async fn topics_cannot_be_squatted_and_checks_are_no_oracle() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let pgtide = start(&db, &[]).await?;
+    let t = tokens().await?;
+    let publish = |token: &str, topic: &'static str, data: Value| {
+        let token = token.to_owned();
+        let pgtide = &pgtide;
+        async move {
+            let (s, answer) = call(
+                pgtide,
+                "POST",
+                "/v1/events",
+                &token,
+                Some(json!({"event_type": topic, "data": data})),
+            )
+            .await?;
+            anyhow::ensure!(s == 200, "publish to {topic}: {s} {answer}");
+            anyhow::Ok(answer)
+        }
+    };
+    publish(&t.op1, "squat.target", json!({"v": "org1 secret"})).await?;
+    publish(&t.admin, "squat.shared", json!({"v": "no org"})).await?;
+
+    for (name, compatibility) in [
+        ("squat.target", "none"),
+        ("squat.target", "backward"),
+        ("squat/target", "none"),
+        ("squat.shared", "none"),
+    ] {
+        let (s, answer) = call(
+            &pgtide,
+            "POST",
+            "/v1/topics",
+            &t.op2,
+            Some(json!({"name": name, "compatibility": compatibility})),
+        )
+        .await?;
+        assert_eq!(s, 409, "{name}: {answer}");
+        assert_eq!(code(&answer), "conflict", "{answer}");
+        assert!(message(&answer).contains("other orgs"), "{answer}");
+        assert!(!message(&answer).contains("already exists"), "{answer}");
+        assert!(!answer.to_string().contains('1'), "names no org: {answer}");
+    }
+    for name in ["squat.target", "squat.shared"] {
+        let (s, _) = call(&pgtide, "GET", &format!("/v1/topics/{name}"), &t.op2, None).await?;
+        assert_eq!(s, 404, "{name} was not created");
+    }
+    publish(&t.op1, "squat.target", json!({"v": "still text"})).await?;
+    // The org whose events they are may, and so may an admin.
+    let (s, topic) = call(
+        &pgtide,
+        "POST",
+        "/v1/topics",
+        &t.op1,
+        Some(json!({"name": "squat.target"})),
+    )
+    .await?;
+    assert_eq!((s, &topic["org_id"]), (201, &json!(1)), "{topic}");
+    let (s, topic) = call(
+        &pgtide,
+        "POST",
+        "/v1/topics",
+        &t.admin,
+        Some(json!({"name": "squat.shared", "org_id": 2})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{topic}");
+
+    // A topic org 2 registered first; org 1 publishes to it afterwards.
+    let (s, _) = call(
+        &pgtide,
+        "POST",
+        "/v1/topics",
+        &t.op2,
+        Some(json!({"name": "oracle.probe"})),
+    )
+    .await?;
+    assert_eq!(s, 201);
+    let theirs = publish(&t.op1, "oracle.probe", json!({"v": "org1 secret"})).await?;
+    let ours = publish(&t.op2, "oracle.probe", json!({"v": 5})).await?;
+    let (theirs, ours) = (
+        theirs["seq"].as_i64().context("seq")?,
+        ours["seq"].as_i64().context("seq")?,
+    );
+    // Rejects only org 1's event: no answer tells it (before: 409 with
+    // "rejects 1 stored events … that this token cannot read").
+    let (s, answer) = call(
+        &pgtide,
+        "POST",
+        "/v1/topics/oracle.probe/schemas",
+        &t.op2,
+        Some(json!({"schema": {"type": "object", "properties": {"v": {"type": "number"}}}})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{answer}");
+    // Rejects only org 2's own event: quoted, and nothing else said.
+    let (s, refused) = call(
+        &pgtide,
+        "POST",
+        "/v1/topics/oracle.probe/schemas",
+        &t.op2,
+        Some(json!({"schema": {"type": "object", "properties": {"v": {"type": "string"}}}})),
+    )
+    .await?;
+    assert_eq!((s, code(&refused)), (409, "incompatible"), "{refused}");
+    let reasons: Vec<&str> = refused["error"]["details"]
+        .as_array()
+        .context("details")?
+        .iter()
+        .filter_map(|d| d["reason"].as_str())
+        .collect();
+    assert_eq!(reasons.len(), 1, "{refused}");
+    assert!(
+        reasons[0].starts_with(&format!("rejects stored event seq {ours}:")),
+        "{refused}"
+    );
+    let text = refused.to_string();
+    assert!(!text.contains(&format!("seq {theirs}")), "{refused}");
+    assert!(
+        !text.contains("org1 secret") && !text.contains("cannot read"),
+        "{refused}"
+    );
+
     pgtide.stop().await?;
     db.cleanup().await;
     Ok(())

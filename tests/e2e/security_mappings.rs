@@ -714,3 +714,145 @@ async fn startup_warning(args: &[String]) -> anyhow::Result<String> {
     let _ = child.wait().await;
     found.context("no warning about captured tables")
 }
+
+/// Finding 12 through mappings: an operator's mapping on an
+/// `--api-mapping-tables` table publishes in the operator's name, so it
+/// follows the publish rules. A topic or template that is or could become
+/// one of pgtide's own (`meta.ws`, `tables.notes.insert`, a template
+/// starting with a hole or with `ta…`) and an explicit reserved
+/// `event_type` (`row.inserted`, `schema.changed`) are 403
+/// `reserved_topic`; with a `publish` claim, a topic (or every topic a
+/// template can render) outside it is 403 `forbidden`. None of them is
+/// stored. Mappings within the rules, the operation's default `row.*` type
+/// included, are created, and an admin may still map to `tables.*` with
+/// `row.*` types.
+#[tokio::test]
+async fn operator_mappings_follow_the_publish_rules() -> anyhow::Result<()> {
+    let (db, client, dir) = setup().await?;
+    let t = tokens().await?;
+    let narrow = token(&[
+        "--sub",
+        "n2",
+        "--org",
+        "2",
+        "--role",
+        "operator",
+        "--publish",
+        "orgdata.op2.**",
+    ])
+    .await?;
+    let pgtide = Pgtide::start(&args(
+        &db,
+        dir.path(),
+        &["--api-mapping-tables", "public.notes"],
+    ))
+    .await?;
+    let mapping = |name: &str, topic: &str, event_type: Option<&str>| {
+        let mut m = json!({"name": name, "table": "notes", "topic": topic});
+        if let Some(t) = event_type {
+            m["event_type"] = json!(t);
+        }
+        m
+    };
+
+    for (who, body) in [
+        (&t.op2, mapping("r1", "meta.ws", None)),
+        (&t.op2, mapping("r2", "tables.notes.insert", None)),
+        (
+            &t.op2,
+            mapping("r3", "tables/notes/insert", Some("custom.x")),
+        ),
+        (&t.op2, mapping("r4", "system.{{ new.body }}", None)),
+        (&t.op2, mapping("r5", "{{ new.body }}.insert", None)),
+        (&t.op2, mapping("r6", "ta{{ new.body }}.notes", None)),
+        (&t.op2, mapping("r7", "notes.copy", Some("row.inserted"))),
+        (&t.op2, mapping("r8", "notes.copy", Some("schema/changed"))),
+        (
+            &narrow,
+            mapping("r9", "orgdata.op2.x", Some("table.truncated")),
+        ),
+    ] {
+        let (status, err) = create(&pgtide, who, &body).await?;
+        assert_eq!(status, 403, "{body}: {err}");
+        assert_error(&err, "reserved_topic");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("reserved")),
+            "{err}"
+        );
+    }
+    for body in [
+        mapping("f1", "notes.rows", None),
+        mapping("f2", "orgdata.op1.rows", Some("note.added")),
+        mapping("f3", "orgdata.{{ new.body }}.rows", None),
+    ] {
+        let (status, err) = create(&pgtide, &narrow, &body).await?;
+        assert_eq!(status, 403, "{body}: {err}");
+        assert_error(&err, "forbidden");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("orgdata.op2.**") && m.contains("publish")),
+            "{err}"
+        );
+    }
+    assert!(
+        stored_mappings(&client).await?.is_empty(),
+        "nothing refused is stored"
+    );
+
+    for (who, body) in [
+        (
+            &narrow,
+            mapping("ok1", "orgdata.op2.notes", Some("note.added")),
+        ),
+        // Every topic it can render, orgdata.op2.*.x, is within the claim.
+        (
+            &narrow,
+            mapping("ok5", "orgdata.op2.{{ new.body }}.x", None),
+        ),
+        (&t.op2, mapping("ok2", "notes.rows", None)),
+        (
+            &t.op2,
+            mapping("ok3", "n{{ new.body }}.rows", Some("note.added")),
+        ),
+        (
+            &t.admin,
+            mapping("ok4", "tables.notes.copy", Some("row.inserted")),
+        ),
+    ] {
+        let (status, created) = create(&pgtide, who, &body).await?;
+        assert_eq!(status, 201, "{body}: {created}");
+    }
+    let mut tail = Tail::open(&pgtide, &t.admin, "**").await?;
+    client
+        .batch_execute("INSERT INTO notes VALUES (1, 2, 'hello')")
+        .await?;
+    marker(&client, "test.done").await?;
+    let mut seen: Vec<(String, String)> = tail
+        .until("test.done")
+        .await?
+        .iter()
+        .map(|e| {
+            (
+                e["topic"].as_str().unwrap_or("").to_owned(),
+                e["type"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("nhello.rows".to_owned(), "note.added".to_owned()),
+            ("notes.rows".into(), "row.inserted".into()),
+            ("orgdata.op2.hello.x".into(), "row.inserted".into()),
+            ("orgdata.op2.notes".into(), "note.added".into()),
+            ("tables.notes.copy".into(), "row.inserted".into()),
+        ]
+    );
+    pgtide.stop().await?;
+    db.cleanup().await;
+    Ok(())
+}

@@ -145,6 +145,17 @@ impl Claims {
         }
     }
 
+    /// Whether the token may publish to every topic `pattern` matches (what a
+    /// mapping's topic template can render): one `publish` grant must cover
+    /// the whole pattern; without a `publish` claim the role decides, as in
+    /// [`Claims::may_publish`].
+    pub fn may_publish_all(&self, pattern: &Pattern) -> bool {
+        match &self.publish {
+            Some(allowed) => allowed.iter().any(|grant| grant.covers(pattern)),
+            None => self.role >= Role::Operator,
+        }
+    }
+
     /// Whether an event of `event_org` is visible: admins see all; others see
     /// their org's events and events with no org.
     pub fn may_see(&self, event_org: Option<i64>) -> bool {
@@ -546,6 +557,23 @@ mod tests {
         }
         assert!(with_role(Role::Admin).is_admin());
         assert!(!with_role(Role::Operator).is_admin());
+    }
+
+    #[test]
+    fn publishing_to_a_whole_pattern_needs_a_covering_grant() {
+        let p = |t: &str| Pattern::parse(t).unwrap();
+        let claims = Claims {
+            publish: pats(&["orgdata.op2.**", "jobs.*"]),
+            ..with_role(Role::Operator)
+        };
+        assert!(claims.may_publish_all(&p("orgdata.op2.*")));
+        assert!(claims.may_publish_all(&p("orgdata.op2.x")));
+        assert!(claims.may_publish_all(&p("jobs.*")));
+        assert!(!claims.may_publish_all(&p("orgdata.*.x")));
+        assert!(!claims.may_publish_all(&p("jobs.*.x")));
+        assert!(!claims.may_publish_all(&p("*")));
+        assert!(with_role(Role::Operator).may_publish_all(&p("**")));
+        assert!(!with_role(Role::Read).may_publish_all(&p("a")));
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub enum Reserved {
         event_type: String,
         prefix: &'static str,
     },
+    /// A topic template whose fixed start (`literal`, the text before its
+    /// first hole) could still become a reserved first segment.
+    TopicTemplate { template: String, literal: String },
 }
 
 impl fmt::Display for Reserved {
@@ -49,6 +52,12 @@ impl fmt::Display for Reserved {
                 f,
                 "event type {event_type:?} is reserved: {prefix}.* types are pgtide's own and cannot be published"
             ),
+            Reserved::TopicTemplate { template, literal } => write!(
+                f,
+                "topic template {template:?} could render a reserved topic: its fixed start {literal:?} \
+                 does not rule out {}.*, which carry pgtide's own events; begin it with a literal first segment of your own",
+                RESERVED_TOPIC_PREFIXES.join(".*, ")
+            ),
         }
     }
 }
@@ -61,6 +70,12 @@ fn first_segment(dotted: &str) -> &str {
 /// events. `event_type` is read like a topic (`/` as `.`); a type that is not
 /// a well-formed name is checked on its first `.`/`/`-separated segment.
 pub fn check_reserved(topic: &Topic, event_type: &str) -> Result<(), Reserved> {
+    check_reserved_topic(topic)?;
+    check_reserved_type(event_type)
+}
+
+/// The topic half of [`check_reserved`].
+pub fn check_reserved_topic(topic: &Topic) -> Result<(), Reserved> {
     let first = first_segment(topic.as_str());
     if let Some(prefix) = RESERVED_TOPIC_PREFIXES.iter().find(|p| **p == first) {
         return Err(Reserved::Topic {
@@ -68,6 +83,11 @@ pub fn check_reserved(topic: &Topic, event_type: &str) -> Result<(), Reserved> {
             prefix,
         });
     }
+    Ok(())
+}
+
+/// The event type half of [`check_reserved`].
+pub fn check_reserved_type(event_type: &str) -> Result<(), Reserved> {
     let dotted = event_type.replace('/', ".");
     let first = first_segment(&dotted);
     if let Some(prefix) = RESERVED_TYPE_PREFIXES.iter().find(|p| **p == first) {
@@ -77,6 +97,34 @@ pub fn check_reserved(topic: &Topic, event_type: &str) -> Result<(), Reserved> {
         });
     }
     Ok(())
+}
+
+/// The topic half of [`check_reserved`] for a topic template (`{{ … }}`
+/// holes), whose topics are not known until a row renders them: `literal` is
+/// the text before its first hole (`/` read as `.`). The template is refused
+/// unless that text settles the first segment as a non-reserved one: it
+/// holds a whole first segment that is not reserved, or a partial one that no
+/// reserved segment starts with (`"ord"` may not become `tables`, `"ta"`
+/// might). A template that starts with a hole could become anything.
+pub fn check_reserved_template(template: &str, literal: &str) -> Result<(), Reserved> {
+    let dotted = literal.replace('/', ".");
+    let refused = || Reserved::TopicTemplate {
+        template: template.to_owned(),
+        literal: dotted.clone(),
+    };
+    match dotted.split_once('.') {
+        Some((first, _)) => match RESERVED_TOPIC_PREFIXES.iter().find(|p| **p == first) {
+            Some(_) => Err(refused()),
+            None => Ok(()),
+        },
+        None if RESERVED_TOPIC_PREFIXES
+            .iter()
+            .any(|p| p.starts_with(dotted.as_str())) =>
+        {
+            Err(refused())
+        }
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +180,53 @@ mod tests {
         ] {
             assert_eq!(check(topic, event_type), Ok(()), "{topic} {event_type}");
         }
+    }
+
+    #[test]
+    fn templates_are_refused_unless_their_start_rules_reserved_out() {
+        for literal in [
+            "",
+            "t",
+            "ta",
+            "tables",
+            "tables.",
+            "s",
+            "sy",
+            "m",
+            "meta.",
+            "p",
+            "c",
+            "con",
+            "presence/",
+        ] {
+            assert!(
+                matches!(
+                    check_reserved_template("x", literal),
+                    Err(Reserved::TopicTemplate { .. })
+                ),
+                "{literal:?}"
+            );
+        }
+        for literal in [
+            "orders.",
+            "o",
+            "ord",
+            "tablesx",
+            "x.tables.",
+            "metadata",
+            "orders/",
+        ] {
+            assert_eq!(check_reserved_template("x", literal), Ok(()), "{literal:?}");
+        }
+        let e = check_reserved_template("{{ new.kind }}.x", "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("{{ new.kind }}.x") && e.contains("tables.*"),
+            "{e}"
+        );
+        assert_eq!(check_reserved_type("orders.placed"), Ok(()));
+        assert!(check_reserved_type("row/inserted").is_err());
     }
 
     #[test]

@@ -99,6 +99,11 @@ impl Caller {
         self.claims.may_publish(topic)
     }
 
+    /// Whether the token may publish to every topic `pattern` matches.
+    pub fn may_publish_all(&self, pattern: &Pattern) -> bool {
+        self.claims.may_publish_all(pattern)
+    }
+
     /// Whether the token's `subscribe` claim lets it read `topic`'s events.
     pub fn may_read_topic(&self, topic: &str) -> bool {
         self.claims.may_read_topic(topic)

@@ -6,7 +6,10 @@
 //! an admin may create a mapping on any table outside the reserved schemas;
 //! an operator only on a table listed with `--api-mapping-tables`, and its
 //! mapping's `org` is always the operator's own org (an `org` it sends is
-//! replaced). An API mapping is owned by its creator's org: non-admins see
+//! replaced), and its `topic` and `event_type` follow the publish rules (the
+//! token's `publish` claim, no reserved topics or types; see
+//! [`crate::publish::check_mapping`]). An API mapping is owned by its
+//! creator's org: non-admins see
 //! the file mappings and their own org's API mappings only, and another
 //! org's mapping is "not found".
 
@@ -286,7 +289,7 @@ fn definition_table(definition: &Value) -> Option<String> {
     responses(
         (status = 201, description = "The mapping as loaded", body = Object),
         (status = 400, description = "Invalid mapping (with each error's place)", body = crate::openapi::ErrorBody),
-        (status = 403, description = "The table needs the admin role", body = crate::openapi::ErrorBody),
+        (status = 403, description = "The table needs the admin role; (non-admins) a topic outside the token's `publish` claim, or `reserved_topic` for pgtide's own topics and types", body = crate::openapi::ErrorBody),
         (status = 409, description = "Name taken", body = crate::openapi::ErrorBody),
     ))]
 async fn create_mapping(
@@ -306,6 +309,13 @@ async fn create_mapping(
     // whoever asks; with one, the caller must be allowed to map it.
     if !caller.admin && (table.is_some() || caller.org_id().is_none()) {
         may_map(&caller, &state.api_mapping_tables, table.as_deref())?;
+    }
+    // An operator's mapping publishes in its name: the publish rules apply.
+    // Admins' (and file) mappings are pgtide's operators' own and may use
+    // any topic, `tables.*` and `row.*` included.
+    if !caller.admin {
+        let text = |field: &str| definition.get(field).and_then(Value::as_str);
+        crate::publish::check_mapping(&caller, text("topic"), text("event_type"))?;
     }
     let mut notices = Vec::new();
     if !caller.admin

@@ -13,7 +13,9 @@
 
 use axum::http::StatusCode;
 use pgtide_core::Topic;
-use pgtide_core::reserved::{Reserved, check_reserved};
+use pgtide_core::reserved::{
+    Reserved, check_reserved, check_reserved_template, check_reserved_topic, check_reserved_type,
+};
 use pgtide_core::storable::{Unstorable, check_json, check_text, push_pointer};
 use pgtide_store::ValidationIssue;
 use serde_json::{Value, json};
@@ -72,6 +74,62 @@ pub fn check(
             topic: topic.as_str().to_owned(),
             issues,
         });
+    }
+    Ok(())
+}
+
+/// The checks of this module that apply to an API mapping a non-admin
+/// creates, whose events it publishes in effect: its `topic` (a topic, or a
+/// template whose every rendering counts) must be covered by the token's
+/// `publish` claim (`forbidden`), and neither it nor its `event_type` may be
+/// pgtide's own (`reserved_topic`; a template must start with a literal that
+/// rules reserved first segments out, see
+/// [`pgtide_core::reserved::check_reserved_template`]). A mapping without
+/// `event_type` takes the operation's own type (`row.inserted`, …), which is
+/// what the change was, so that default stays allowed. Texts that do not
+/// parse are left to the mapping load, which refuses them for anyone.
+pub fn check_mapping(
+    caller: &Caller,
+    topic: Option<&str>,
+    event_type: Option<&str>,
+) -> Result<(), Refused> {
+    if let Some(text) = topic
+        && let Some(reach) = pgtide_mapping::topic_reach(text)
+    {
+        if !caller.may_publish_all(&reach.pattern) {
+            let what = match reach.template_literal {
+                None => format!("to {}", reach.pattern),
+                Some(_) => format!("to every topic of {text:?} ({})", reach.pattern),
+            };
+            let grants: Vec<&str> = caller
+                .claims
+                .publish
+                .iter()
+                .flatten()
+                .map(pgtide_core::Pattern::as_str)
+                .collect();
+            return Err(Refused::Forbidden(format!(
+                "this token may not publish {what} (its publish claim allows only {}); a mapping's events are its creator's publishes",
+                if grants.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    grants.join(", ")
+                }
+            )));
+        }
+        match &reach.template_literal {
+            None => {
+                if let Ok(topic) = Topic::parse(text) {
+                    check_reserved_topic(&topic).map_err(Refused::Reserved)?;
+                }
+            }
+            Some(literal) => {
+                check_reserved_template(text, literal).map_err(Refused::Reserved)?;
+            }
+        }
+    }
+    if let Some(event_type) = event_type {
+        check_reserved_type(event_type).map_err(Refused::Reserved)?;
     }
     Ok(())
 }

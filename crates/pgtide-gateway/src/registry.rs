@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use pgtide_core::{NewEvent, Topic};
 use pgtide_store::registry::TopicPatch;
-use pgtide_store::{DeadLetterKind, Owner};
+use pgtide_store::{DeadLetterKind, LetterScope, Owner};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -65,11 +65,13 @@ fn writer(caller: &Caller, topic: &str) -> Owner {
     }
 }
 
-/// Registers a topic (operator), owned by the caller's org.
+/// Registers a topic (operator), owned by the caller's org. A non-admin may
+/// not register a topic that already carries stored events of other orgs
+/// (or of none): their publishers would have to follow its schemas.
 #[utoipa::path(post, path = "/v1/topics", tag = "registry", request_body = CreateTopic,
     responses(
         (status = 201, description = "The topic", body = Object),
-        (status = 409, description = "Already registered", body = crate::openapi::ErrorBody),
+        (status = 409, description = "Already registered, or (non-admins) already carrying other orgs' events", body = crate::openapi::ErrorBody),
     ))]
 async fn create_topic(
     State(state): State<AppState>,
@@ -95,6 +97,7 @@ async fn create_topic(
             req.description.as_deref(),
             req.compatibility.as_deref(),
             owner_org,
+            writer(&caller, &name),
         )
         .await?;
     Ok((
@@ -210,8 +213,9 @@ struct RegisterSchema {
 }
 
 /// Registers the next schema version and makes it active (operator of the
-/// owner org, or admin). Reasons quote only stored events the caller may
-/// read; the others are counted.
+/// owner org, or admin). A non-admin's compatibility check runs over the
+/// stored events it may read only, and its reasons mention no others; an
+/// admin's runs over all, quoting those its token may read.
 #[utoipa::path(post, path = "/v1/topics/{topic}/schemas", tag = "registry", request_body = RegisterSchema,
     params(("topic" = String, Path, description = "Topic name")),
     responses(
@@ -248,7 +252,18 @@ struct DeadLetterParams {
     limit: Option<i64>,
 }
 
-/// What could not become or be delivered as an event (operator).
+/// The dead letters `caller` may see: its org's (admins: all), and with a
+/// `subscribe` claim only those of topics the claim lets it read (the rule of
+/// [`Caller::may_read_topic`]); the others do not exist for it.
+fn letter_scope(caller: &Caller) -> LetterScope<'_> {
+    LetterScope {
+        org_scope: caller.org_scope(),
+        topics: caller.claims.subscribe.as_deref(),
+    }
+}
+
+/// What could not become or be delivered as an event (operator): the
+/// caller's org's, within its token's `subscribe` claim.
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "registry", params(DeadLetterParams),
     responses((status = 200, description = "`{\"dead_letters\": [...]}`", body = Object)))]
 async fn list_dead_letters(
@@ -281,7 +296,7 @@ async fn list_dead_letters(
             kind,
             params.after_id.unwrap_or(0),
             limit,
-            caller.org_scope(),
+            letter_scope(&caller),
         )
         .await?;
     Ok(Json(json!({"dead_letters": letters})))
@@ -295,7 +310,7 @@ async fn list_dead_letters(
     params(("id" = i64, Path, description = "Dead letter id")),
     responses(
         (status = 200, description = "Retried", body = Object),
-        (status = 404, description = "Unknown dead letter", body = crate::openapi::ErrorBody),
+        (status = 404, description = "Unknown dead letter, or one the caller may not see (another org's, or a topic outside its `subscribe` claim)", body = crate::openapi::ErrorBody),
         (status = 422, description = "Still invalid", body = crate::openapi::ErrorBody),
     ))]
 async fn retry_dead_letter(
@@ -304,7 +319,7 @@ async fn retry_dead_letter(
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Operator)?;
-    let letter = state.store.dead_letter(id, caller.org_scope()).await?;
+    let letter = state.store.dead_letter(id, letter_scope(&caller)).await?;
     match letter.kind {
         DeadLetterKind::Validation => {
             let stored: pgtide_core::Event =

@@ -1,7 +1,9 @@
 //! The webhook API (SPEC §9): endpoints, their delivery attempts, and test
 //! deliveries. Operators and admins only; a non-admin sees and changes only
 //! the endpoints of its own org, and an endpoint receives only the events its
-//! creator could read. The secret is shown once, in the create response.
+//! creator could read: its org's, and with a `subscribe` claim only topics the
+//! claim covers (the HTTP read rule, [`Caller::require_readable`], checked on
+//! create and on every patch). The secret is shown once, in the create response.
 
 use std::collections::BTreeMap;
 
@@ -190,6 +192,7 @@ async fn check_url(state: &AppState, url: &str) -> Result<(), ApiError> {
     responses(
         (status = 201, description = "The endpoint with its `id` and `secret`", body = Object),
         (status = 400, description = "Invalid field, or a private target without --webhook-allow-private", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`topics` absent or wider than the token's `subscribe` claim", body = crate::openapi::ErrorBody),
     ))]
 async fn create_webhook(
     State(state): State<AppState>,
@@ -211,6 +214,8 @@ async fn create_webhook(
         ordered: req.ordered.unwrap_or(false),
         batch: req.batch,
     };
+    // An endpoint receives what its topics match: the same rule as reads.
+    caller.require_readable(spec.topics.as_deref().unwrap_or_default())?;
     validate(&spec)?;
     check_url(&state, &spec.url).await?;
     let webhook = state
@@ -250,10 +255,13 @@ async fn get_webhook(
     Ok(Json(webhook.to_json(false)))
 }
 
-/// Changes an endpoint's fields.
+/// Changes an endpoint's fields. The endpoint's topics after the change must
+/// be covered by the token's `subscribe` claim, whatever the patch changes
+/// (a narrow token may not point a wider endpoint at its own receiver).
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", params(("id" = String, Path, description = "Endpoint id")), request_body = PatchWebhook,
     responses(
         (status = 200, description = "The endpoint", body = Object),
+        (status = 403, description = "The endpoint's `topics` absent or wider than the token's `subscribe` claim", body = crate::openapi::ErrorBody),
         (status = 404, description = "No such endpoint", body = crate::openapi::ErrorBody),
     ))]
 async fn patch_webhook(
@@ -300,6 +308,7 @@ async fn patch_webhook(
     if let Some(b) = req.batch {
         spec.batch = b;
     }
+    caller.require_readable(spec.topics.as_deref().unwrap_or_default())?;
     validate(&spec)?;
     let webhook = state
         .store

@@ -81,3 +81,4 @@ pub use engine::{Change, MappedEvent, Op};
 pub use error::{LoadError, Location, MappingFailure};
 pub use load::{is_reserved_schema, parse_table};
 pub use set::{MappingInfo, MappingSet, TopicDecl};
+pub use template::{TopicReach, topic_reach};

@@ -183,3 +183,86 @@ mod tests {
         }
     }
 }
+
+/// What a mapping's `topic` text can become, for permission checks made
+/// before it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicReach {
+    /// A pattern every topic the text can render matches: the topic itself
+    /// when it has no holes; otherwise each segment holding a hole is `*`
+    /// (a hole never adds dots, so `orders.{{ new.status }}` is
+    /// `orders.*`).
+    pub pattern: pgtide_core::Pattern,
+    /// For a template, its fixed start: the text before the first hole
+    /// (`/` read as `.`), empty when it starts with one.
+    pub template_literal: Option<String>,
+}
+
+/// The [`TopicReach`] of a mapping's `topic`, or `None` when the text is
+/// not a valid topic or template (the load reports why).
+pub fn topic_reach(text: &str) -> Option<TopicReach> {
+    let Some(pieces) = parse(text).ok()? else {
+        let topic = Topic::parse(text).ok()?;
+        return Some(TopicReach {
+            pattern: pgtide_core::Pattern::parse(topic.as_str()).ok()?,
+            template_literal: None,
+        });
+    };
+    check_literals(text, &pieces).ok()?;
+    // A character no topic holds stands for each hole.
+    const HOLE: char = '\u{0}';
+    let mut probe = String::with_capacity(text.len());
+    for piece in &pieces {
+        match piece {
+            Piece::Literal(s) => probe.push_str(s),
+            Piece::Hole(_) => probe.push(HOLE),
+        }
+    }
+    let segments: Vec<&str> = probe
+        .split('.')
+        .map(|s| if s.contains(HOLE) { "*" } else { s })
+        .collect();
+    let literal = match pieces.first() {
+        Some(Piece::Literal(s)) => s.clone(),
+        _ => String::new(),
+    };
+    Some(TopicReach {
+        pattern: pgtide_core::Pattern::parse(&segments.join(".")).ok()?,
+        template_literal: Some(literal),
+    })
+}
+
+#[cfg(test)]
+mod reach_tests {
+    use super::*;
+
+    fn reach(text: &str) -> Option<(String, Option<String>)> {
+        topic_reach(text).map(|r| (r.pattern.as_str().to_owned(), r.template_literal))
+    }
+
+    #[test]
+    fn a_template_reaches_its_holes_segments() {
+        assert_eq!(
+            reach("orders.created"),
+            Some(("orders.created".into(), None))
+        );
+        assert_eq!(
+            reach("orders/created"),
+            Some(("orders.created".into(), None))
+        );
+        assert_eq!(
+            reach("orders.{{ new.status }}"),
+            Some(("orders.*".into(), Some("orders.".into())))
+        );
+        assert_eq!(
+            reach("org.s{{ new.id }}x.done"),
+            Some(("org.*.done".into(), Some("org.s".into())))
+        );
+        assert_eq!(
+            reach("{{ new.kind }}.x/{{ new.id }}"),
+            Some(("*.x.*".into(), Some(String::new())))
+        );
+        assert_eq!(reach("a..b"), None);
+        assert_eq!(reach("a.{{ new.id"), None);
+    }
+}

@@ -2,6 +2,7 @@
 //! mapping failed on a row, a payload broke its topic's schema) or could not be
 //! delivered, kept with the reason so nothing is silently lost.
 
+use pgtide_core::Pattern;
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::GenericClient;
@@ -86,54 +87,91 @@ fn record(row: &tokio_postgres::Row) -> Result<DeadLetterRecord> {
     })
 }
 
+/// Which dead letters a caller may see.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LetterScope<'a> {
+    /// `None` sees every org (admins); `Some(org)` only letters whose event
+    /// carries that org. A letter without an org (a failed mapping of some
+    /// table's row) may hold any tenant's data, so only admins see it.
+    pub org_scope: Option<Option<i64>>,
+    /// `None`: any topic. `Some(grants)` (a token's `subscribe` claim): only
+    /// letters whose topic one of the grants matches; letters without a
+    /// topic are hidden, as nothing says who may read them.
+    pub topics: Option<&'a [Pattern]>,
+}
+
+impl LetterScope<'_> {
+    /// The SQL regex for `topic ~ $n` (`None`: no topic filter), or
+    /// `Err(())` when the scope admits no topic at all.
+    fn topic_regex(&self) -> std::result::Result<Option<String>, ()> {
+        match self.topics {
+            None => Ok(None),
+            Some([]) => Err(()),
+            Some(grants) => Ok(Some(
+                grants
+                    .iter()
+                    .map(|p| format!("({})", p.to_sql_regex()))
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            )),
+        }
+    }
+}
+
 impl Store {
-    /// Dead letters, oldest first, optionally of one kind, after `after_id`.
-    /// Dead letters in `id` order. With an `org_scope` (non-admins), only those
-    /// whose event carries that org: a letter without an org (a failed
-    /// mapping of some table's row) may hold any tenant's data, so only
-    /// admins see it.
+    /// Dead letters in `id` order, optionally of one kind, after `after_id`,
+    /// those `scope` may see (filtered in SQL, so a page is a full page).
     pub async fn list_dead_letters(
         &self,
         kind: Option<DeadLetterKind>,
         after_id: i64,
         limit: i64,
-        org_scope: Option<Option<i64>>,
+        scope: LetterScope<'_>,
     ) -> Result<Vec<DeadLetterRecord>> {
+        let Ok(topic_regex) = scope.topic_regex() else {
+            return Ok(Vec::new());
+        };
         let client = self.pool.get().await?;
         let rows = client
             .query(
                 "SELECT id, kind, topic, event, error, created_at FROM pgtide.dead_letters
                  WHERE ($1::text IS NULL OR kind = $1) AND id > $2
                    AND ($4 OR (event ->> 'org_id')::bigint = $5)
+                   AND ($6::text IS NULL OR topic ~ $6)
                  ORDER BY id LIMIT $3",
                 &[
                     &kind.map(DeadLetterKind::as_str),
                     &after_id,
                     &limit,
-                    &org_scope.is_none(),
-                    &org_scope.flatten(),
+                    &scope.org_scope.is_none(),
+                    &scope.org_scope.flatten(),
+                    &topic_regex,
                 ],
             )
             .await?;
         rows.iter().map(record).collect()
     }
 
-    /// One dead letter, if the caller's `org_scope` may see it (as in
+    /// One dead letter, if `scope` may see it (as in
     /// [`Store::list_dead_letters`]); otherwise it does not exist for them.
-    pub async fn dead_letter(
-        &self,
-        id: i64,
-        org_scope: Option<Option<i64>>,
-    ) -> Result<DeadLetterRecord> {
+    pub async fn dead_letter(&self, id: i64, scope: LetterScope<'_>) -> Result<DeadLetterRecord> {
+        let missing = || StoreError::NotFound(format!("no dead letter {id}"));
+        let topic_regex = scope.topic_regex().map_err(|()| missing())?;
         let client = self.pool.get().await?;
         let row = client
             .query_opt(
                 "SELECT id, kind, topic, event, error, created_at FROM pgtide.dead_letters
-                 WHERE id = $1 AND ($2 OR (event ->> 'org_id')::bigint = $3)",
-                &[&id, &org_scope.is_none(), &org_scope.flatten()],
+                 WHERE id = $1 AND ($2 OR (event ->> 'org_id')::bigint = $3)
+                   AND ($4::text IS NULL OR topic ~ $4)",
+                &[
+                    &id,
+                    &scope.org_scope.is_none(),
+                    &scope.org_scope.flatten(),
+                    &topic_regex,
+                ],
             )
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("no dead letter {id}")))?;
+            .ok_or_else(missing)?;
         record(&row)
     }
 

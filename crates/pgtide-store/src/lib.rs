@@ -29,7 +29,7 @@ use pgtide_pg::PgConfig;
 use tokio::sync::watch;
 
 pub use consumers::ConsumerState;
-pub use dead_letters::{DeadLetter, DeadLetterKind, DeadLetterRecord};
+pub use dead_letters::{DeadLetter, DeadLetterKind, DeadLetterRecord, LetterScope};
 pub use events::{CdcWrite, EventQuery, StoredBatch};
 pub use mappings::{ApiMapping, MappingScope};
 pub use progress::{CdcProgress, KnownRelation};

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "topic_owner",
         include_str!("../../../sql/009_topic_owner.sql"),
     ),
+    (
+        10,
+        "events_topic",
+        include_str!("../../../sql/010_events_topic.sql"),
+    ),
 ];
 
 /// An arbitrary constant shared by every pgtide node for the migration lock.

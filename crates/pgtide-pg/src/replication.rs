@@ -654,6 +654,76 @@ mod tests {
         assert_eq!(quote_literal(&quote_ident("pgtide")), "'\"pgtide\"'");
     }
 
+    /// A stream over a loopback socket whose server side writes `bytes`,
+    /// then closes.
+    async fn stream_receiving(bytes: Vec<u8>) -> ReplicationStream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut server, _) = listener.accept().await.unwrap();
+            server.write_all(&bytes).await.unwrap();
+        });
+        let socket = TcpStream::connect(addr).await.unwrap();
+        ReplicationStream {
+            conn: ReplicationConnection {
+                socket: Socket::Tcp(socket),
+                read: BytesMut::new(),
+                write: BytesMut::new(),
+                target: "test".into(),
+            },
+        }
+    }
+
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Whatever a stopping server sends instead of data ends the stream as
+    /// something to reconnect after, never as a fatal protocol error: the
+    /// issue's "unexpected message in the replication stream" exit.
+    #[tokio::test]
+    async fn a_stopping_server_is_a_reconnect_whatever_it_sends() {
+        let keepalive = {
+            let mut body = vec![b'k'];
+            body.extend_from_slice(&[0; 17]);
+            message(b'd', &body)
+        };
+        let ends: Vec<(&str, Vec<u8>)> = vec![
+            ("CopyDone", message(b'c', &[])),
+            ("CommandComplete", message(b'C', b"COPY 0\0")),
+            ("ReadyForQuery", message(b'Z', b"I")),
+            (
+                "a truncated frame then EOF",
+                message(b'd', b"w12")[..7].to_vec(),
+            ),
+            ("a short XLogData", message(b'd', b"w12")),
+            ("an unknown CopyData kind", message(b'd', b"x")),
+            ("a bad length", vec![b'd', 0, 0, 0, 1]),
+            ("EOF", Vec::new()),
+            (
+                "an admin shutdown",
+                message(
+                    b'E',
+                    b"SFATAL\0C57P01\0Mterminating connection due to administrator command\0\0",
+                ),
+            ),
+        ];
+        for (what, tail) in ends {
+            let mut bytes = keepalive.clone();
+            bytes.extend_from_slice(&tail);
+            let mut stream = stream_receiving(bytes).await;
+            assert!(matches!(
+                stream.next().await,
+                Ok(ReplicationMessage::Keepalive { .. })
+            ));
+            let err = stream.next().await.err().expect(what);
+            assert!(err.is_retryable(), "{what}: {err}");
+        }
+    }
+
     #[test]
     fn only_connection_failures_are_retryable() {
         let io = ReplicationError::Io(io::Error::new(io::ErrorKind::ConnectionReset, "x"));

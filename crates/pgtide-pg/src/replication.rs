@@ -719,7 +719,9 @@ mod tests {
                 stream.next().await,
                 Ok(ReplicationMessage::Keepalive { .. })
             ));
-            let err = stream.next().await.err().expect(what);
+            let Err(err) = stream.next().await else {
+                panic!("{what}: the stream went on");
+            };
             assert!(err.is_retryable(), "{what}: {err}");
         }
     }

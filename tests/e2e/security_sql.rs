@@ -44,6 +44,9 @@ async fn sql_pgtide(db: &TestDb, extra: &[&str]) -> anyhow::Result<(Pgtide, Stri
              CREATE TABLE docs_pgrst (id serial PRIMARY KEY, org_id int NOT NULL, body text NOT NULL);
              INSERT INTO docs (org_id, body) VALUES (1, 'org1 secret'), (2, 'org2 doc');
              INSERT INTO docs_pgrst (org_id, body) VALUES (1, 'org1 secret'), (2, 'org2 doc');
+             CREATE TABLE docs_ro (id int);
+             INSERT INTO docs_ro VALUES (1);
+             GRANT SELECT ON docs_ro TO {role};
              GRANT SELECT, INSERT, UPDATE, DELETE ON docs, docs_pgrst TO {role};
              GRANT USAGE ON SEQUENCE docs_id_seq, docs_pgrst_id_seq TO {role};
              ALTER TABLE docs ENABLE ROW LEVEL SECURITY;
@@ -139,6 +142,11 @@ async fn escape_attempts_change_nothing() -> anyhow::Result<()> {
         "SELECT ts_rewrite('a'::tsquery, $$SELECT 'a'::tsquery, 'b'::tsquery FROM (SELECT set_config('request.jwt.claims', '{\"org_id\": 1}', true)) s$$)".into(),
         "SELECT query FROM pg_stat_activity".into(),
         "SELECT lo_from_bytea(0, 'shared between tenants')".into(),
+        // Row locks the role could not otherwise take: Postgres refuses them
+        // on a table it may only read.
+        "SELECT * FROM docs_ro FOR UPDATE".into(),
+        "SELECT * FROM docs_ro FOR SHARE".into(),
+        "LOCK TABLE docs_ro IN SHARE MODE".into(),
     ];
     let t = token(&["--sub", "attacker", "--org", "2", "--sql"]).await?;
     let mut c = Client::connect(&pgtide, &t).await?;

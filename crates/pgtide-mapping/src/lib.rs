@@ -80,4 +80,4 @@ mod tests;
 pub use engine::{Change, MappedEvent, Op};
 pub use error::{LoadError, Location, MappingFailure};
 pub use load::{is_reserved_schema, parse_table};
-pub use set::{MappingInfo, MappingSet, TopicDecl};
+pub use set::{MappingInfo, MappingSet, Places, TopicDecl};

@@ -39,14 +39,15 @@ pub async fn check_against_db(
                 &[&table.schema, &table.name],
             )
             .await?;
-        let at = |message: String| LoadError {
-            file: m.location.file.clone(),
-            line: m.location.line,
-            column: m.location.column,
+        let at = |place: &pgtide_mapping::Location, message: String| LoadError {
+            file: place.file.clone(),
+            line: place.line,
+            column: place.column,
             message,
         };
+        let at_table = |message: String| at(m.table_place(), message);
         let Some(row) = row else {
-            errors.push(at(format!(
+            errors.push(at_table(format!(
                 "mapping {:?}: table {table} does not exist",
                 m.name
             )));
@@ -58,14 +59,14 @@ pub async fn check_against_db(
         let owned: bool = row.get(3);
         // What ALTER PUBLICATION ... ADD TABLE would refuse, said before anything is changed.
         if persistence != "p" {
-            errors.push(at(format!(
+            errors.push(at_table(format!(
                 "mapping {:?}: table {table} is UNLOGGED or TEMPORARY, and Postgres replicates neither",
                 m.name
             )));
             continue;
         }
         if !owned {
-            errors.push(at(format!(
+            errors.push(at_table(format!(
                 "mapping {:?}: pgtide's database role cannot add table {table} to its publication: only the table's owner (or a superuser) may",
                 m.name
             )));
@@ -81,11 +82,14 @@ pub async fn check_against_db(
             .map(|r| r.get(0))
             .collect();
         for column in m.columns.iter().filter(|c| !columns.contains(c)) {
-            errors.push(at(format!(
-                "mapping {:?}: table {table} has no column {column:?} (it has {})",
-                m.name,
-                columns.join(", ")
-            )));
+            errors.push(at(
+                m.column_place(column),
+                format!(
+                    "mapping {:?}: table {table} has no column {column:?} (it has {})",
+                    m.name,
+                    columns.join(", ")
+                ),
+            ));
         }
         if m.needs_old && identity != "f" {
             let fix = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
@@ -93,7 +97,7 @@ pub async fn check_against_db(
                 client.batch_execute(&fix).await?;
                 tracing::info!(%table, "set REPLICA IDENTITY FULL for mapping {:?}", m.name);
             } else {
-                errors.push(at(format!(
+                errors.push(at(m.old_place(), format!(
                     "mapping {:?} reads old values (changed: or old.) of {table}, which Postgres sends only with REPLICA IDENTITY FULL: run {fix}; (or start pgtide with --set-replica-identity-full)",
                     m.name
                 )));

@@ -142,11 +142,22 @@ pub async fn sync_registry(set: &MappingSet, store: &Store) -> Vec<LoadError> {
                 file: topic.location.file.clone(),
                 line: topic.location.line,
                 column: topic.location.column,
-                message: format!("topic {:?}: {e}", topic.name),
+                message: format!("topic {:?}: {}", topic.name, public_reason(&e)),
             });
         }
     }
     errors
+}
+
+/// A store error as `/readyz` and `GET /v1/mappings` may show it: the
+/// caller's mistake as it is, anything else logged and named only.
+fn public_reason(e: &pgtide_store::StoreError) -> String {
+    if e.is_client_error() {
+        e.to_string()
+    } else {
+        tracing::error!(error = %e, "the registry could not store a mapping file's topic");
+        "the event store refused it (the server log has the detail)".to_owned()
+    }
 }
 
 /// What changes on disk: names, sizes and modification times of the files.
@@ -388,7 +399,10 @@ impl Reloader {
                 file: self.dir.display().to_string(),
                 line: 1,
                 column: 1,
-                message: format!("mirroring the mappings into the registry failed: {e}"),
+                message: format!(
+                    "mirroring the mappings into the registry failed: {}",
+                    public_reason(&e)
+                ),
             });
         }
         for mut e in skipped {

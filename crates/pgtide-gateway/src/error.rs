@@ -130,6 +130,9 @@ impl From<pgtide_store::StoreError> for ApiError {
                 "the schema is not compatible with the topic's current one",
             )
             .with_details(reasons.into_iter().map(|r| json!({"reason": r})).collect()),
+            E::Query(q) if refused_text(&q) => ApiError::bad_request(
+                "a value in the request holds the NUL character (\\u0000), which PostgreSQL cannot store",
+            ),
             e if e.is_retryable() => ApiError::unavailable(
                 "the event store is unavailable; try again",
                 "store error in API request",
@@ -138,6 +141,15 @@ impl From<pgtide_store::StoreError> for ApiError {
             e => ApiError::internal("store error in API request", &chain(&e)),
         }
     }
+}
+
+/// Whether PostgreSQL refused a text or JSON value itself: a NUL
+/// character, which only a client can have sent (pgtide never makes one;
+/// publishers check for it first, this is the backstop for every other
+/// query: filters, schemas, names).
+fn refused_text(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| matches!(db.code().code(), "22P05" | "22021"))
 }
 
 impl IntoResponse for ApiError {

@@ -61,7 +61,7 @@ pub(crate) struct Expr {
     /// exist.
     pub columns: Vec<(Row, String)>,
     /// Where it is written, set by the loader (for the database checks).
-    pub at: Option<crate::error::Location>,
+    pub at: Option<Box<crate::error::Location>>,
 }
 
 /// Names CEL resolves as types rather than variables (`type(x) == int`).

@@ -363,7 +363,7 @@ impl FileLoader<'_, '_> {
                     None
                 }
                 _ => {
-                    e.at = Some(self.location(value));
+                    e.at = Some(Box::new(self.location(value)));
                     Some(e)
                 }
             },
@@ -713,7 +713,7 @@ impl FileLoader<'_, '_> {
         for e in mapping.expressions() {
             uses = uses.union(e.uses);
             columns.extend(e.columns.iter().map(|(_, c)| c.clone()));
-            if let Some(at) = &e.at {
+            if let Some(at) = e.at.as_deref() {
                 named.extend(e.columns.iter().map(|(_, c)| (c.clone(), at.clone())));
                 if e.uses.old {
                     old_uses.push(at.clone());
@@ -891,7 +891,7 @@ impl FileLoader<'_, '_> {
                 Piece::Literal(s) => parts.push(TopicPart::Literal(s)),
                 Piece::Hole(source) => match expr::compile(self.loader.env, &source) {
                     Ok(mut e) => {
-                        e.at = Some(self.location(text.node));
+                        e.at = Some(Box::new(self.location(text.node)));
                         parts.push(TopicPart::Hole(e));
                     }
                     Err(message) => {

@@ -173,7 +173,8 @@ impl IntoResponse for ApiError {
 /// `x-request-id`.
 pub async fn request_id(request: Request, next: Next) -> Response {
     let id = ulid::Ulid::new().to_string().to_lowercase();
-    let span = tracing::info_span!("request", request_id = %id);
+    // At error level, so any filter that keeps the errors keeps their id.
+    let span = tracing::error_span!("request", request_id = %id);
     let mut response = REQUEST_ID
         .scope(id.clone(), next.run(request))
         .instrument(span)

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real PostgreSQL, real logical replication, the real
 //! `pgtide` binary over real sockets. Run them with `./scripts/test`.
 
+mod api_errors;
 mod auth;
 mod cdc;
 mod cli;

@@ -441,7 +441,7 @@ async fn old_values_need_replica_identity_full() -> anyhow::Result<()> {
         stderr.contains("ALTER TABLE \"public\".\"t\" REPLICA IDENTITY FULL"),
         "{stderr}"
     );
-    assert!(stderr.contains("t.yaml:2:"), "{stderr}");
+    assert!(stderr.contains("t.yaml:5:5:"), "at `changed:`: {stderr}");
 
     let pgtide = start(&db, dir.path(), &["--set-replica-identity-full"]).await?;
     let identity: String = client
@@ -529,11 +529,11 @@ async fn check_reports_every_error_with_its_place() -> anyhow::Result<()> {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("m.yaml:2:") && stdout.contains("no column \"missing\""),
+        stdout.contains("m.yaml:5:34: ") && stdout.contains("no column \"missing\""),
         "{stdout}"
     );
     assert!(
-        stdout.contains("m.yaml:6:") && stdout.contains("table public.nowhere does not exist"),
+        stdout.contains("m.yaml:7:12: ") && stdout.contains("table public.nowhere does not exist"),
         "{stdout}"
     );
 
@@ -545,6 +545,113 @@ async fn check_reports_every_error_with_its_place() -> anyhow::Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    db.cleanup().await;
+    Ok(())
+}
+
+/// Every live-database error of `pgtide check --database-url` points at what
+/// names the missing thing: a missing table at its `table:` value, a missing
+/// column at the payload value, `changed:` entry, `when` or `key` that names
+/// it, a missing REPLICA IDENTITY FULL at the first `changed:` or `old.` use;
+/// `GET /v1/mappings` reports a failed reload at the same places.
+#[tokio::test]
+async fn database_errors_point_at_their_line() -> anyhow::Result<()> {
+    let server = Server::shared().await?;
+    let db = server.database().await?;
+    let client = db.client().await?;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, status text);
+             CREATE UNLOGGED TABLE u (id int PRIMARY KEY);
+             CREATE TABLE ok (id int PRIMARY KEY);
+             CREATE TABLE f (id int PRIMARY KEY, status text);
+             ALTER TABLE f REPLICA IDENTITY FULL;",
+        )
+        .await?;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "missing-table.yaml",
+            "mappings:\n  - name: a\n    table: nowhere\n    topic: a.x\n",
+            "missing-table.yaml:3:12: mapping \"a\": table public.nowhere does not exist",
+        ),
+        (
+            "unlogged.yaml",
+            "mappings:\n  - name: a\n    topic: a.x\n    table: u\n",
+            "unlogged.yaml:4:12: mapping \"a\": table public.u is UNLOGGED",
+        ),
+        (
+            "payload.yaml",
+            "mappings:\n  - name: a\n    table: t\n    topic: a.x\n    payload:\n      id: new.id\n      colour: new.colour\n",
+            "payload.yaml:7:15: mapping \"a\": table public.t has no column \"colour\"",
+        ),
+        (
+            "changed.yaml",
+            "mappings:\n  - name: a\n    table: f\n    topic: a.x\n    operations: [update]\n    changed:\n      - status\n      - colour\n",
+            "changed.yaml:8:9: mapping \"a\": table public.f has no column \"colour\"",
+        ),
+        (
+            "when.yaml",
+            "mappings:\n  - name: a\n    table: t\n    topic: a.x\n    when: new.colour == 'red'\n",
+            "when.yaml:5:11: mapping \"a\": table public.t has no column \"colour\"",
+        ),
+        (
+            "key.yaml",
+            "mappings:\n  - name: a\n    table: t\n    topic: a.x\n    key: new.colour\n",
+            "key.yaml:5:10: mapping \"a\": table public.t has no column \"colour\"",
+        ),
+        (
+            "identity-changed.yaml",
+            "mappings:\n  - name: a\n    table: t\n    topic: a.x\n    operations: [update]\n    changed: [status]\n",
+            "identity-changed.yaml:6:5: mapping \"a\" reads old values",
+        ),
+        (
+            "identity-old.yaml",
+            "mappings:\n  - name: a\n    table: t\n    topic: a.x\n    payload:\n      id: new.id\n      before: old.status\n",
+            "identity-old.yaml:7:15: mapping \"a\" reads old values",
+        ),
+    ];
+    for (file, yaml, expected) in cases {
+        let dir = tempfile::tempdir()?;
+        write(dir.path(), file, yaml)?;
+        let out = run_pgtide(&[
+            "check".into(),
+            dir.path().display().to_string(),
+            "--database-url".into(),
+            db.url.clone(),
+        ])
+        .await?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{file}: {stdout}");
+        let line = stdout.lines().next().unwrap_or_default();
+        let line = line.rsplit_once('/').map_or(line, |(_, l)| l);
+        assert!(line.starts_with(expected), "{file}: {stdout}");
+        assert_eq!(stdout.lines().count(), 1, "{file}: one error: {stdout}");
+    }
+
+    // The same places in a failed reload's errors.
+    let dir = tempfile::tempdir()?;
+    write(
+        dir.path(),
+        "a.yaml",
+        "mappings:\n  - name: ok\n    table: ok\n    topic: ok.x\n",
+    )?;
+    let pgtide = start(&db, dir.path(), &[]).await?;
+    write(dir.path(), "b.yaml", cases[2].1)?;
+    let view = wait_view(&pgtide, "the failed reload", |v| {
+        v["errors"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await?;
+    let error = &view["errors"][0];
+    assert!(
+        error["file"].as_str().unwrap_or("").ends_with("b.yaml"),
+        "{view}"
+    );
+    assert_eq!(
+        (&error["line"], &error["column"]),
+        (&json!(7), &json!(15)),
+        "{view}"
+    );
+    pgtide.stop().await?;
     db.cleanup().await;
     Ok(())
 }

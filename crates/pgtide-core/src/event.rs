@@ -109,7 +109,7 @@ pub struct Event {
     /// UTC with exactly three fractional digits, e.g. `2026-03-04T12:00:00.123Z`.
     pub ts: String,
     pub source: EventSource,
-    #[schema(value_type = Object)]
+    /// Any JSON value.
     pub data: Value,
     pub org_id: Option<i64>,
     pub correlation_id: Option<String>,

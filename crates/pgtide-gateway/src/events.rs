@@ -32,8 +32,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     pub event_type: String,
+    /// Any JSON value (null when absent).
     #[serde(default)]
-    #[schema(value_type = Object)]
     pub data: Value,
     pub topic: Option<String>,
     pub correlation_id: Option<String>,

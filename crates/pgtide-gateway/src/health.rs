@@ -39,15 +39,33 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let store = state.store.ping().await;
     // A standby node serves clients while another node streams the slot.
     let ready = (cdc.streaming || cdc.standby) && store.is_ok();
+    // The reasons, without driver text: that goes to the log, under the
+    // request id the answer names.
+    let see_log = match crate::error::current_request_id() {
+        Some(id) => format!("the server log has the detail under request id {id}"),
+        None => "the server log has the detail".to_owned(),
+    };
+    let store = match &store {
+        Ok(()) => "ok".to_owned(),
+        Err(e) => {
+            let e = crate::error::chain(e);
+            tracing::warn!(error = %e, "readiness: the event store does not answer");
+            format!("unreachable ({see_log})")
+        }
+    };
+    let last_error = cdc.last_error.as_ref().map(|e| {
+        tracing::info!(error = %e, "readiness: replication's last error");
+        format!("replication was interrupted ({see_log})")
+    });
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "store": match &store { Ok(()) => "ok".to_owned(), Err(e) => e.to_string() },
+        "store": store,
         "replication": {
             "streaming": cdc.streaming,
             "standby": cdc.standby,
             "confirmed_lsn": cdc.confirmed_lsn,
             "events_stored": cdc.events_stored,
-            "last_error": cdc.last_error,
+            "last_error": last_error,
             "problem": cdc.problem,
             "reconnects": cdc.reconnects,
             "slot": cdc.slot.as_ref().map(|s| s.slot.clone()),

@@ -1,6 +1,7 @@
 //! pgtide's HTTP surface.
 //!
-//! - [`error`]: the one API error type and the contract's JSON error body.
+//! - [`error`]: the one API error type, the contract's JSON error body on
+//!   every error answer, and request ids.
 //! - [`events`]: `POST /v1/events` and `GET /v1/events`.
 //! - [`publish`]: the checks every client publish passes, on every transport.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
@@ -144,7 +145,9 @@ pub fn router(state: AppState) -> Router {
         .route("/favicon.ico", axum::routing::get(favicon))
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(error::error_bodies))
         .layer(socketio::layer(state.clone()))
+        .layer(axum::middleware::from_fn(error::request_id))
         .with_state(state)
 }
 

@@ -55,7 +55,8 @@ pub fn base() -> OpenApi {
 }
 
 /// Adds the bearer scheme to every route but the public ones, with the 400,
-/// 401 and 403 answers they can all give.
+/// 401 and 403 answers they can all give, and 404 to those naming a
+/// resource in their path.
 pub fn finish(mut api: OpenApi) -> OpenApi {
     let components = api.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -71,6 +72,7 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
         if PUBLIC.contains(&path.as_str()) {
             continue;
         }
+        let names_a_resource = path.contains('{');
         for operation in [
             &mut item.get,
             &mut item.post,
@@ -82,6 +84,9 @@ pub fn finish(mut api: OpenApi) -> OpenApi {
         .flatten()
         {
             secure(operation);
+            if names_a_resource {
+                add_error(operation, "404", "No such resource (or another org's)");
+            }
         }
     }
     api
@@ -92,25 +97,32 @@ fn secure(operation: &mut Operation) {
         .security
         .get_or_insert_with(Vec::new)
         .push(SecurityRequirement::new("bearer", Vec::<String>::new()));
-    let error = |description: &str| {
-        ResponseBuilder::new()
-            .description(description)
-            .content(
-                "application/json",
-                ContentBuilder::new()
-                    .schema(Some(Ref::from_schema_name("ErrorBody")))
-                    .build(),
-            )
-            .build()
-    };
-    let responses = &mut operation.responses.responses;
     for (status, description) in [
         ("400", "Malformed request: the message names what is wrong"),
         ("401", "Missing, malformed or expired token"),
         ("403", "The token's role or patterns do not allow this"),
     ] {
-        responses
-            .entry(status.to_owned())
-            .or_insert_with(|| error(description).into());
+        add_error(operation, status, description);
     }
+}
+
+/// Documents that `operation` may answer `status` with the error body,
+/// unless its own annotation already says more.
+fn add_error(operation: &mut Operation, status: &str, description: &str) {
+    operation
+        .responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+                .into()
+        });
 }

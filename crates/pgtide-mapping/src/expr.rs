@@ -60,6 +60,8 @@ pub(crate) struct Expr {
     /// The row columns it reads by name, for the caller's check that they
     /// exist.
     pub columns: Vec<(Row, String)>,
+    /// Where it is written, set by the loader (for the database checks).
+    pub at: Option<Box<crate::error::Location>>,
 }
 
 /// Names CEL resolves as types rather than variables (`type(x) == int`).
@@ -129,10 +131,30 @@ pub(crate) fn compile(env: &Env, source: &str) -> Result<Expr, String> {
         eval,
         uses,
         columns,
+        at: None,
     })
 }
 
 impl Expr {
+    /// What the expression always is, when it is a constant other than a
+    /// bool (`3`, `'x'`, `[1]`): as a `when`, it can never hold or fail.
+    pub fn non_bool_constant(&self) -> Option<&'static str> {
+        let program = match &self.eval {
+            Eval::Column(_) => return None,
+            Eval::Fast { program, .. } | Eval::Cel(program) => program,
+        };
+        match &program.expression().expr {
+            Ast::Literal(LiteralValue::Boolean(_)) => None,
+            Ast::Literal(LiteralValue::String(_)) => Some("a string"),
+            Ast::Literal(LiteralValue::Bytes(_)) => Some("bytes"),
+            Ast::Literal(LiteralValue::Null) => Some("null"),
+            Ast::Literal(_) => Some("a number"),
+            Ast::List(_) => Some("a list"),
+            Ast::Map(_) | Ast::Struct(_) => Some("a map"),
+            _ => None,
+        }
+    }
+
     /// Every column read the engine serves itself, to assign slots.
     pub fn columns_mut(&mut self, f: &mut dyn FnMut(&mut Col)) {
         match &mut self.eval {

@@ -80,5 +80,5 @@ mod tests;
 pub use engine::{Change, MappedEvent, Op};
 pub use error::{LoadError, Location, MappingFailure};
 pub use load::{is_reserved_schema, parse_table};
-pub use set::{MappingInfo, MappingSet, TopicDecl};
+pub use set::{MappingInfo, MappingSet, Places, TopicDecl};
 pub use template::{TopicReach, topic_reach};

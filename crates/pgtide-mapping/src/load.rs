@@ -9,7 +9,7 @@
 use crate::engine::{Mapping, Op, TopicPart, TopicSpec};
 use crate::error::{LoadError, Location};
 use crate::expr::{self, Expr, Uses};
-use crate::set::{MappingInfo, TopicDecl};
+use crate::set::{MappingInfo, Places, TopicDecl};
 use crate::template::{self, Piece};
 use crate::yaml::{self, Node, Value};
 use cel::Env;
@@ -341,8 +341,32 @@ impl FileLoader<'_, '_> {
             );
             return None;
         };
+        if field == "when"
+            && matches!(
+                value.value,
+                Value::Int(_) | Value::UInt(_) | Value::Float(_)
+            )
+        {
+            self.error(
+                value,
+                format!("`when` must be a CEL expression that gives a bool (a string such as \"new.status == 'active'\"), found the number {source}"),
+            );
+            return None;
+        }
         match expr::compile(self.loader.env, &source) {
-            Ok(e) => Some(e),
+            Ok(mut e) => match (field, e.non_bool_constant()) {
+                ("when", Some(kind)) => {
+                    self.error(
+                        value,
+                        format!("`when` must give a bool, but `{source}` is always {kind}"),
+                    );
+                    None
+                }
+                _ => {
+                    e.at = Some(Box::new(self.location(value)));
+                    Some(e)
+                }
+            },
             Err(message) => {
                 self.error(value, format!("in `{field}`: {message}"));
                 None
@@ -564,19 +588,19 @@ impl FileLoader<'_, '_> {
         }
 
         // table
-        let table = self
-            .string(&fields, "table")
-            .and_then(|t| match parse_table(&t.text) {
-                Ok((schema, _)) if is_reserved_schema(&schema) => {
-                    self.error(t.node, reserved_table_message(&t.text, &schema));
-                    None
-                }
-                Ok(parsed) => Some(parsed),
-                Err(message) => {
-                    self.error(t.node, message);
-                    None
-                }
-            });
+        let table_text = self.string(&fields, "table");
+        let table_at = table_text.as_ref().map(|t| self.location(t.node));
+        let table = table_text.and_then(|t| match parse_table(&t.text) {
+            Ok((schema, _)) if is_reserved_schema(&schema) => {
+                self.error(t.node, reserved_table_message(&t.text, &schema));
+                None
+            }
+            Ok(parsed) => Some(parsed),
+            Err(message) => {
+                self.error(t.node, message);
+                None
+            }
+        });
 
         // operations
         let operations = match fields.get("operations") {
@@ -657,6 +681,7 @@ impl FileLoader<'_, '_> {
                 changed: changed.clone().unwrap_or_default(),
                 columns: Vec::new(),
                 location,
+                places: Places::default(),
             },
             schema,
             table,
@@ -671,12 +696,51 @@ impl FileLoader<'_, '_> {
         };
         let mut uses = Uses::default();
         let mut columns: Vec<String> = mapping.changed.clone().unwrap_or_default();
+        // Every place that names a column or needs old values, to keep the
+        // first of each in file order.
+        let mut named: Vec<(String, Location)> = Vec::new();
+        let mut old_uses: Vec<Location> = Vec::new();
+        if let Some((key, value)) = fields.get("changed") {
+            old_uses.push(self.location(key));
+            if let Value::Seq(items) = &value.value {
+                for item in items {
+                    if let Some(column) = item.value.scalar_text() {
+                        named.push((column, self.location(item)));
+                    }
+                }
+            }
+        }
         for e in mapping.expressions() {
             uses = uses.union(e.uses);
             columns.extend(e.columns.iter().map(|(_, c)| c.clone()));
+            if let Some(at) = e.at.as_deref() {
+                named.extend(e.columns.iter().map(|(_, c)| (c.clone(), at.clone())));
+                if e.uses.old {
+                    old_uses.push(at.clone());
+                }
+            }
         }
         columns.sort();
         columns.dedup();
+        let first = |places: &mut dyn Iterator<Item = Location>| {
+            places.min_by_key(|at| (at.line, at.column))
+        };
+        mapping.info.places = Places {
+            table: table_at,
+            columns: columns
+                .iter()
+                .filter_map(|c| {
+                    let at = first(
+                        &mut named
+                            .iter()
+                            .filter(|(n, _)| n == c)
+                            .map(|(_, at)| at.clone()),
+                    )?;
+                    Some((c.clone(), at))
+                })
+                .collect(),
+            old: first(&mut old_uses.into_iter()),
+        };
         mapping.info.needs_old = mapping.changed.is_some() || uses.old;
         mapping.info.columns = columns;
         self.loader.mappings.push(mapping);
@@ -826,7 +890,10 @@ impl FileLoader<'_, '_> {
             match piece {
                 Piece::Literal(s) => parts.push(TopicPart::Literal(s)),
                 Piece::Hole(source) => match expr::compile(self.loader.env, &source) {
-                    Ok(e) => parts.push(TopicPart::Hole(e)),
+                    Ok(mut e) => {
+                        e.at = Some(Box::new(self.location(text.node)));
+                        parts.push(TopicPart::Hole(e));
+                    }
                     Err(message) => {
                         self.error(
                             text.node,

@@ -46,6 +46,45 @@ pub struct MappingInfo {
     /// by a computed key (`new[k]`) are not listed.
     pub columns: Vec<String>,
     pub location: Location,
+    /// Where the database checks point: not part of the API's view.
+    #[serde(skip)]
+    pub places: Places,
+}
+
+/// The places in a mapping's file that the database checks point at, so a
+/// missing table, a missing column or a missing `REPLICA IDENTITY FULL` is
+/// reported where it is written rather than at the mapping's first line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Places {
+    /// The `table:` value.
+    pub table: Option<Location>,
+    /// Each column of [`MappingInfo::columns`] with the first place (in file
+    /// order) that names it: a `changed:` entry or the expression reading it.
+    pub columns: Vec<(String, Location)>,
+    /// The first place that needs old values: the `changed:` key or an
+    /// expression reading `old`.
+    pub old: Option<Location>,
+}
+
+impl MappingInfo {
+    /// Where `table:` is written (the mapping's place when unknown).
+    pub fn table_place(&self) -> &Location {
+        self.places.table.as_ref().unwrap_or(&self.location)
+    }
+
+    /// Where `column` is first named (the mapping's place when unknown).
+    pub fn column_place(&self, column: &str) -> &Location {
+        self.places
+            .columns
+            .iter()
+            .find(|(c, _)| c == column)
+            .map_or(&self.location, |(_, at)| at)
+    }
+
+    /// Where old values are first needed (the mapping's place when unknown).
+    pub fn old_place(&self) -> &Location {
+        self.places.old.as_ref().unwrap_or(&self.location)
+    }
 }
 
 /// The mappings and topics of a directory of mapping files, compiled.

@@ -79,7 +79,7 @@ fn record(row: &tokio_postgres::Row) -> Result<DeadLetterRecord> {
     Ok(DeadLetterRecord {
         id: row.get("id"),
         kind: DeadLetterKind::parse(&kind)
-            .ok_or_else(|| StoreError::Invalid(format!("unknown dead letter kind {kind:?}")))?,
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown dead letter kind {kind:?}")))?,
         topic: row.get("topic"),
         event: row.get("event"),
         error: row.get("error"),

@@ -38,7 +38,7 @@ pub(crate) const COLUMNS: &str =
 /// Takes `n` numbers from the counter. The row lock it takes is held until the
 /// caller's transaction ends, which is what keeps commits in `seq` order.
 async fn reserve_seq(tx: &impl GenericClient, n: usize) -> Result<i64> {
-    let n = i64::try_from(n).map_err(|_| StoreError::Invalid("batch too large".into()))?;
+    let n = i64::try_from(n).map_err(|_| StoreError::Corrupt("batch too large".into()))?;
     let row = tx
         .query_one(
             "UPDATE pgtide.seq_counter SET last_seq = last_seq + $1 RETURNING last_seq",
@@ -195,7 +195,7 @@ async fn insert_small_batch(
         .iter()
         .map(|r| r.get::<_, i64>(0))
         .min()
-        .ok_or_else(|| StoreError::Invalid("no events were stored".into()))?;
+        .ok_or_else(|| StoreError::Corrupt("no events were stored".into()))?;
     Ok(Written {
         batch: StoredBatch {
             first_seq,
@@ -394,7 +394,7 @@ impl Store {
         let written = insert_batch(&mut client, events, None)
             .await
             .map_err(unstorable)?
-            .ok_or_else(|| StoreError::Invalid("no events to publish".into()))?;
+            .ok_or_else(|| StoreError::Corrupt("no events to publish".into()))?;
         Ok(self.committed(written).first_seq)
     }
 
@@ -598,7 +598,7 @@ pub(crate) fn event_from_row(row: &Row) -> Result<Event> {
     let source: String = row.get("source");
     let source: EventSource =
         serde_json::from_value(Value::String(source.clone())).map_err(|_| {
-            StoreError::Invalid(format!("unknown event source {source:?} in the store"))
+            StoreError::Corrupt(format!("unknown event source {source:?} in the store"))
         })?;
     let attributes: Value = row.get("attributes");
     let attributes: BTreeMap<String, String> =

@@ -36,14 +36,24 @@ pub use progress::{CdcProgress, KnownRelation};
 pub use registry::{Owner, SchemaCache, ValidationIssue};
 
 /// Store failures. `Unavailable` is worth retrying; the others are not.
+///
+/// The caller's mistakes (`Invalid`, `NotFound`, `Conflict`, `ReadOnly`,
+/// `Forbidden`, `Incompatible`) carry a message meant for the client; the
+/// rest (`Unavailable`, `Query`, `Corrupt`, `Migration`) are pgtide's or the
+/// database's, with detail for the log only.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("event store unavailable: {0}")]
     Unavailable(String),
     #[error("event store query failed: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// What the caller sent is wrong (a client error, 400).
     #[error("{0}")]
     Invalid(String),
+    /// A stored row is not what pgtide wrote, or the store answered what
+    /// cannot happen (an internal error, 500).
+    #[error("corrupt store state: {0}")]
+    Corrupt(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -75,6 +85,7 @@ impl StoreError {
                     })
             }
             StoreError::Invalid(_)
+            | StoreError::Corrupt(_)
             | StoreError::NotFound(_)
             | StoreError::Conflict(_)
             | StoreError::ReadOnly(_)
@@ -82,6 +93,21 @@ impl StoreError {
             | StoreError::Incompatible(_)
             | StoreError::Migration { .. } => false,
         }
+    }
+}
+
+impl StoreError {
+    /// Whether this is the caller's mistake, whose message the client may see.
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Invalid(_)
+                | StoreError::NotFound(_)
+                | StoreError::Conflict(_)
+                | StoreError::ReadOnly(_)
+                | StoreError::Forbidden(_)
+                | StoreError::Incompatible(_)
+        )
     }
 }
 

@@ -154,7 +154,7 @@ fn webhook_from_row(row: &Row) -> Result<Webhook> {
                 .collect::<std::result::Result<Vec<_>, _>>()
         })
         .transpose()
-        .map_err(|e| StoreError::Invalid(format!("stored webhook pattern: {e}")))?;
+        .map_err(|e| StoreError::Corrupt(format!("stored webhook pattern: {e}")))?;
     let json = |name: &str| -> Option<Value> { row.get::<_, Option<Value>>(name) };
     let headers: BTreeMap<String, String> = json("headers")
         .and_then(|h| serde_json::from_value(h).ok())
@@ -173,7 +173,7 @@ fn webhook_from_row(row: &Row) -> Result<Webhook> {
             timeout_seconds: row.get("timeout_seconds"),
             rate_limit: json("rate_limit").and_then(|v| serde_json::from_value(v).ok()),
             signature_scheme: SignatureScheme::parse(&scheme).ok_or_else(|| {
-                StoreError::Invalid(format!("unknown signature scheme {scheme:?}"))
+                StoreError::Corrupt(format!("unknown signature scheme {scheme:?}"))
             })?,
             ordered: row.get("ordered"),
             batch: json("batch").and_then(|v| serde_json::from_value(v).ok()),
@@ -445,7 +445,7 @@ impl Store {
                     .iter()
                     .map(|p| Pattern::parse(p))
                     .collect::<std::result::Result<Vec<_>, _>>()
-                    .map_err(|e| StoreError::Invalid(format!("stored webhook pattern: {e}")))?;
+                    .map_err(|e| StoreError::Corrupt(format!("stored webhook pattern: {e}")))?;
                 if patterns.iter().any(Pattern::matches_all) {
                     None
                 } else {

@@ -50,14 +50,15 @@ pub async fn check_against_db(
                 &[&table.schema, &table.name],
             )
             .await?;
-        let at = |message: String| LoadError {
-            file: m.location.file.clone(),
-            line: m.location.line,
-            column: m.location.column,
+        let at = |place: &pgtide_mapping::Location, message: String| LoadError {
+            file: place.file.clone(),
+            line: place.line,
+            column: place.column,
             message,
         };
+        let at_table = |message: String| at(m.table_place(), message);
         let Some(row) = row else {
-            errors.push(at(format!(
+            errors.push(at_table(format!(
                 "mapping {:?}: table {table} does not exist",
                 m.name
             )));
@@ -69,14 +70,14 @@ pub async fn check_against_db(
         let owned: bool = row.get(3);
         // What ALTER PUBLICATION ... ADD TABLE would refuse, said before anything is changed.
         if persistence != "p" {
-            errors.push(at(format!(
+            errors.push(at_table(format!(
                 "mapping {:?}: table {table} is UNLOGGED or TEMPORARY, and Postgres replicates neither",
                 m.name
             )));
             continue;
         }
         if !owned {
-            errors.push(at(format!(
+            errors.push(at_table(format!(
                 "mapping {:?}: pgtide's database role cannot add table {table} to its publication: only the table's owner (or a superuser) may",
                 m.name
             )));
@@ -92,11 +93,14 @@ pub async fn check_against_db(
             .map(|r| r.get(0))
             .collect();
         for column in m.columns.iter().filter(|c| !columns.contains(c)) {
-            errors.push(at(format!(
-                "mapping {:?}: table {table} has no column {column:?} (it has {})",
-                m.name,
-                columns.join(", ")
-            )));
+            errors.push(at(
+                m.column_place(column),
+                format!(
+                    "mapping {:?}: table {table} has no column {column:?} (it has {})",
+                    m.name,
+                    columns.join(", ")
+                ),
+            ));
         }
         if m.needs_old && identity != "f" {
             let fix = format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted());
@@ -104,7 +108,7 @@ pub async fn check_against_db(
                 client.batch_execute(&fix).await?;
                 tracing::info!(%table, "set REPLICA IDENTITY FULL for mapping {:?}", m.name);
             } else if identity_fix == Identity::Report {
-                errors.push(at(format!(
+                errors.push(at(m.old_place(), format!(
                     "mapping {:?} reads old values (changed: or old.) of {table}, which Postgres sends only with REPLICA IDENTITY FULL: run {fix}; (or start pgtide with --set-replica-identity-full)",
                     m.name
                 )));
@@ -149,11 +153,22 @@ pub async fn sync_registry(set: &MappingSet, store: &Store) -> Vec<LoadError> {
                 file: topic.location.file.clone(),
                 line: topic.location.line,
                 column: topic.location.column,
-                message: format!("topic {:?}: {e}", topic.name),
+                message: format!("topic {:?}: {}", topic.name, public_reason(&e)),
             });
         }
     }
     errors
+}
+
+/// A store error as `/readyz` and `GET /v1/mappings` may show it: the
+/// caller's mistake as it is, anything else logged and named only.
+fn public_reason(e: &pgtide_store::StoreError) -> String {
+    if e.is_client_error() {
+        e.to_string()
+    } else {
+        tracing::error!(error = %e, "the registry could not store a mapping file's topic");
+        "the event store refused it (the server log has the detail)".to_owned()
+    }
 }
 
 /// What changes on disk: names, sizes and modification times of the files.
@@ -400,7 +415,10 @@ impl Reloader {
                 file: self.dir.display().to_string(),
                 line: 1,
                 column: 1,
-                message: format!("mirroring the mappings into the registry failed: {e}"),
+                message: format!(
+                    "mirroring the mappings into the registry failed: {}",
+                    public_reason(&e)
+                ),
             });
         }
         for mut e in skipped {

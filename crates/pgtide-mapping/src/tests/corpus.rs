@@ -469,3 +469,50 @@ fn reserved_schemas_are_refused() {
         &[],
     );
 }
+
+/// A `when` that is a constant other than a bool can never hold: refused at
+/// its value, from YAML and from the API's JSON alike. `when: true` stays.
+#[test]
+fn when_must_give_a_bool() {
+    check(
+        "mappings:\n  - name: a\n    table: t\n    topic: a\n    when: 3\n",
+        &[
+            "f.yaml:5:11: `when` must be a CEL expression that gives a bool (a string such as \"new.status == 'active'\"), found the number 3",
+        ],
+    );
+    check(
+        "mappings:\n  - name: a\n    table: t\n    topic: a\n    when: \"'yes'\"\n",
+        &["f.yaml:5:11: `when` must give a bool, but `'yes'` is always a string"],
+    );
+    check(
+        r#"{"mappings": [{"name": "a", "table": "t", "topic": "a", "when": 3}]}"#,
+        &[
+            "f.yaml:1:65: `when` must be a CEL expression that gives a bool (a string such as \"new.status == 'active'\"), found the number 3",
+        ],
+    );
+    check(
+        "mappings:\n  - name: a\n    table: t\n    topic: a\n    when: true\n    org: 1\n",
+        &[],
+    );
+}
+
+/// The places the database checks point at: `table:`, the first place that
+/// names each column (in file order), and the first use of old values.
+#[test]
+fn places_of_tables_columns_and_old_values() {
+    let yaml = "mappings:\n  - name: a\n    table: t\n    operations: [update]\n    when: new.status == 'x'\n    topic: a\n    payload:\n      id: new.id\n      before: old.status\n    changed: [status]\n    key: new.k\n";
+    let set =
+        MappingSet::load_sources(&[("f.yaml".into(), yaml.into())], Path::new("/")).expect("loads");
+    let info = &set.mappings()[0];
+    let at = |l: &crate::Location| (l.line, l.column);
+    assert_eq!(at(info.table_place()), (3, 12));
+    assert_eq!(
+        at(info.column_place("status")),
+        (5, 11),
+        "`when` comes first"
+    );
+    assert_eq!(at(info.column_place("id")), (8, 11));
+    assert_eq!(at(info.column_place("k")), (11, 10));
+    assert_eq!(at(info.old_place()), (9, 15), "old.status before changed:");
+    assert_eq!(at(info.column_place("unknown")), (2, 5), "else the mapping");
+}

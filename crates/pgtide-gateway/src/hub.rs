@@ -23,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 /// Bound of each connection's queue.
 pub const OUTBOX_CAPACITY: usize = 256;
 
+/// Events dispatched between looks at the outboxes a burst is filling.
+const BURST_CHUNK: usize = OUTBOX_CAPACITY / 4;
+
+/// How long, in all, one burst may wait for filled outboxes to drain.
+const BURST_PATIENCE: Duration = Duration::from_millis(20);
+
 /// An event serialized once, shared by every subscriber it goes to: a
 /// clone is one reference count, and no recipient serializes it again.
 #[derive(Debug, Clone)]
@@ -88,10 +94,11 @@ pub struct Outbox {
 
 impl Outbox {
     /// Queues an event; when full, drops the oldest event and counts it in
-    /// the pending notice. Returns how many events were dropped (0 or 1).
-    pub fn push_event(&self, delivery: Delivery) -> u64 {
+    /// the pending notice. Returns how many events were dropped (0 or 1)
+    /// and how many are queued now.
+    pub fn push_event(&self, delivery: Delivery) -> (u64, usize) {
         let mut dropped = 0;
-        {
+        let queued = {
             let mut q = lock(&self.queue);
             if q.events >= OUTBOX_CAPACITY {
                 if let Some(i) = q.items.iter().position(|o| matches!(o, Outgoing::Event(_))) {
@@ -109,9 +116,10 @@ impl Outbox {
             }
             q.items.push_back(Outgoing::Event(delivery));
             q.events += 1;
-        }
+            q.events
+        };
         self.notify.notify_one();
-        dropped
+        (dropped, queued)
     }
 
     /// Queues a frame that is never dropped (replies).
@@ -268,7 +276,7 @@ pub struct Subscription {
 impl Subscription {
     /// Offers an event; `seen` holds the outboxes this event already went to,
     /// so a connection whose subscriptions overlap gets it once.
-    fn offer(&self, delivery: &Delivery, seen: &mut Vec<*const Outbox>) {
+    fn offer(&self, delivery: &Delivery, seen: &mut Vec<*const Outbox>, pressured: &mut Pressured) {
         if !self.pattern.matches(&delivery.event().topic)
             || delivery.event().seq <= self.replayed_through.load(Ordering::Acquire)
             || !self.visibility.may_see(delivery.event().org_id)
@@ -292,9 +300,23 @@ impl Subscription {
             }
             seen.push(outbox);
         }
-        let n = self.outbox.push_event(delivery.clone());
+        let (n, queued) = self.outbox.push_event(delivery.clone());
         if n > 0 {
             self.dropped.fetch_add(n, Ordering::Relaxed);
+        }
+        pressured.note(&self.outbox, queued);
+    }
+}
+
+/// Outboxes a burst has filled past half, so the tailer can give their
+/// writers a moment before it goes on (see [`Hub::dispatch_burst`]).
+#[derive(Default)]
+pub struct Pressured(Vec<Arc<Outbox>>);
+
+impl Pressured {
+    fn note(&mut self, outbox: &Arc<Outbox>, queued: usize) {
+        if queued >= OUTBOX_CAPACITY / 2 && !self.0.iter().any(|o| Arc::ptr_eq(o, outbox)) {
+            self.0.push(outbox.clone());
         }
     }
 }
@@ -432,7 +454,7 @@ impl Hub {
             .store(last_replayed, Ordering::Release);
         for d in guard.take().unwrap_or_default() {
             if d.event().seq > last_replayed {
-                let n = handle.subscription.outbox.push_event(d);
+                let (n, _) = handle.subscription.outbox.push_event(d);
                 if n > 0 {
                     self.dropped.fetch_add(n, Ordering::Relaxed);
                 }
@@ -442,6 +464,10 @@ impl Hub {
 
     /// Hands one committed event to every matching subscription.
     pub fn dispatch(&self, delivery: &Delivery) {
+        self.dispatch_noting(delivery, &mut Pressured::default());
+    }
+
+    fn dispatch_noting(&self, delivery: &Delivery, pressured: &mut Pressured) {
         let index = self
             .index
             .read()
@@ -449,11 +475,32 @@ impl Hub {
         let mut seen = Vec::new();
         for bucket in index.candidates(&delivery.event().topic) {
             for (_, s) in bucket {
-                s.offer(delivery, &mut seen);
+                s.offer(delivery, &mut seen, pressured);
             }
         }
         self.delivered
             .fetch_max(delivery.event().seq, Ordering::Relaxed);
+    }
+
+    /// Dispatches a burst (a page of the store, or a large batch) in chunks.
+    /// The outbox bound is for clients that read slower than events come,
+    /// not for a burst a fast client can absorb: after each chunk, an outbox
+    /// it filled past half gets up to [`BURST_PATIENCE`] in all (per burst,
+    /// shared by every such outbox) for its writer to drain before the next
+    /// chunk, so only a client that really falls behind drops events.
+    pub async fn dispatch_burst(&self, events: Vec<pgtide_core::Event>, last: &mut i64) {
+        let deadline = tokio::time::Instant::now() + BURST_PATIENCE;
+        let mut pressured = Pressured::default();
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            for event in events.by_ref().take(BURST_CHUNK) {
+                *last = event.seq;
+                self.dispatch_noting(&Delivery::new(event), &mut pressured);
+            }
+            for outbox in std::mem::take(&mut pressured.0) {
+                let _ = tokio::time::timeout_at(deadline, outbox.wait_for_room()).await;
+            }
+        }
     }
 
     /// The highest seq dispatched so far.
@@ -478,10 +525,7 @@ impl Hub {
         let mut query_due = true;
         loop {
             while let Some(events) = store.take_committed_after(last) {
-                for event in events {
-                    last = event.seq;
-                    self.dispatch(&Delivery::new(event));
-                }
+                self.dispatch_burst(events, &mut last).await;
             }
             while query_due || *committed.borrow_and_update() > last {
                 query_due = false;
@@ -493,10 +537,7 @@ impl Hub {
                 match store.query(&query).await {
                     Ok(events) => {
                         let n = events.len();
-                        for event in events {
-                            last = event.seq;
-                            self.dispatch(&Delivery::new(event));
-                        }
+                        self.dispatch_burst(events, &mut last).await;
                         if n < 1000 {
                             break;
                         }

@@ -836,7 +836,12 @@ async fn two_nodes_share_the_queue_and_survive_one_dying() -> anyhow::Result<()>
             "SELECT pgtide.publish('load.x', jsonb_build_object('n', g)) FROM generate_series(1, 80) g",
         )
         .await?;
-    rx.until(|got| got.len() >= 30).await?;
+    // The second node learns of the new endpoint at its next listing (up to
+    // about a second): wait until both deliver at once rather than assuming
+    // the first 30 requests overlap.
+    let behaviour = rx.behaviour.clone();
+    rx.until(|got| got.len() >= 30 && behaviour.max_in_flight.load(Ordering::SeqCst) > 4)
+        .await?;
     let before_kill: Vec<String> = rx
         .got
         .iter()

@@ -366,12 +366,32 @@ async fn wait_problem(pgtide: &Pgtide, about: &str) -> anyhow::Result<String> {
     }
 }
 
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket on `path` of `pgtide` whose `subscribe` (with `fields`) was
+/// answered: the connection is fully open.
+async fn subscribed(pgtide: &Pgtide, path: &str, fields: &str) -> anyhow::Result<Ws> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let url = pgtide.url(path).replacen("http://", "ws://", 1);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let frame = format!(r#"{{"type":"subscribe","id":1,{fields}}}"#);
+    ws.send(Message::Text(frame.into())).await?;
+    let reply = tokio::time::timeout(WAIT, ws.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
+    anyhow::ensure!(reply.is_text(), "subscribe answered {reply:?}");
+    Ok(ws)
+}
+
 /// SIGTERM: every open WebSocket (`/ws` and `/ws/exactly-once`) gets a
 /// 1001 close frame, and the process exits cleanly within
 /// `--shutdown-timeout`.
 #[tokio::test]
 async fn sigterm_closes_websockets_with_1001_in_time() -> anyhow::Result<()> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
@@ -380,26 +400,13 @@ async fn sigterm_closes_websockets_with_1001_in_time() -> anyhow::Result<()> {
     let mut args = db.run_args();
     args.extend(["--shutdown-timeout".into(), "5s".into()]);
     let pgtide = Pgtide::start(&args).await?;
-    let base = pgtide.url("").replacen("http://", "ws://", 1);
-    let (mut live, _) = tokio_tungstenite::connect_async(format!("{base}/ws")).await?;
-    let (mut durable, _) =
-        tokio_tungstenite::connect_async(format!("{base}/ws/exactly-once")).await?;
-    live.send(Message::Text(
-        r#"{"type":"subscribe","id":1,"topic":"**"}"#.into(),
-    ))
+    let mut live = subscribed(&pgtide, "/ws", r#""topic":"**""#).await?;
+    let mut durable = subscribed(
+        &pgtide,
+        "/ws/exactly-once",
+        r#""topic":"**","consumer":"c1""#,
+    )
     .await?;
-    durable
-        .send(Message::Text(
-            r#"{"type":"subscribe","id":1,"topic":"**","consumer":"c1"}"#.into(),
-        ))
-        .await?;
-    for ws in [&mut live, &mut durable] {
-        // The subscribe replies: both connections are fully open.
-        let reply = tokio::time::timeout(WAIT, ws.next())
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
-        assert!(reply.is_text(), "{reply:?}");
-    }
     let asked = Instant::now();
     let pid = pgtide.child.id().ok_or_else(|| anyhow::anyhow!("no pid"))?;
     nix::sys::signal::kill(
@@ -435,7 +442,7 @@ async fn sigterm_closes_websockets_with_1001_in_time() -> anyhow::Result<()> {
 /// in `seq` order, across the takeover.
 #[tokio::test]
 async fn the_streaming_node_dies_and_the_other_takes_over() -> anyhow::Result<()> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
 
     let server = Server::shared().await?;
@@ -447,12 +454,7 @@ async fn the_streaming_node_dies_and_the_other_takes_over() -> anyhow::Result<()
     let (_, body) = readyz(&second).await?;
     assert_eq!(body["replication"]["standby"], true, "{body}");
 
-    let url = second.url("/ws").replacen("http://", "ws://", 1);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    ws.send(Message::Text(
-        r#"{"type":"subscribe","id":1,"topic":"tables.t.*"}"#.into(),
-    ))
-    .await?;
+    let mut ws = subscribed(&second, "/ws", r#""topic":"tables.t.*""#).await?;
     let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let reader = tokio::spawn(async move {
         while let Some(Ok(message)) = ws.next().await {
@@ -525,23 +527,14 @@ async fn the_streaming_node_dies_and_the_other_takes_over() -> anyhow::Result<()
 /// really falls behind, not for a burst a fast one absorbs.
 #[tokio::test]
 async fn a_fast_subscriber_absorbs_a_burst_larger_than_its_queue() -> anyhow::Result<()> {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
 
     let server = Server::shared().await?;
     let db = server.database().await?;
     prepare(&db).await?;
     let pgtide = Pgtide::start(&args(&db)).await?;
-    let url = pgtide.url("/ws").replacen("http://", "ws://", 1);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-    ws.send(Message::Text(
-        r#"{"type":"subscribe","id":1,"topic":"tables.t.insert"}"#.into(),
-    ))
-    .await?;
-    let reply = tokio::time::timeout(WAIT, ws.next())
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("connection ended"))??;
-    assert!(reply.is_text(), "{reply:?}");
+    let mut ws = subscribed(&pgtide, "/ws", r#""topic":"tables.t.insert""#).await?;
     db.client()
         .await?
         .batch_execute("INSERT INTO t (v) SELECT g FROM generate_series(1, 2000) g")
